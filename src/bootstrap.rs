@@ -1,0 +1,227 @@
+//! `partwarden --bootstrap`: bring a database to the odds schema, then give every configured
+//! table its partitions.
+//!
+//! Steps, each its own transaction: take the bootstrap advisory lock (two installers cannot
+//! race); apply or adopt pending migrations; for every `[[tables]]` entry, create the
+//! partitions the premake planner asks for. A table that cannot be managed (wrong shape, name
+//! taken, lock timeouts that persist) is reported and does not stop the others.
+
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::catalog::{self, RelName};
+use crate::config::Config;
+use crate::db::{self, ConnectError};
+use crate::ddl::{self, DdlPolicy};
+use crate::migrate::{self, MIGRATIONS, MigrateError, Step};
+use crate::premake::{self, Runway};
+
+/// How a bootstrap runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Print the plan (every statement, in order) and change nothing.
+    pub dry_run: bool,
+    /// The clock: the real one, or `--now` in a dry run.
+    pub now: DateTime<Utc>,
+}
+
+/// What a bootstrap did (or, in a dry run, would do).
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+    /// Migrations applied by this run.
+    pub migrations_applied: Vec<String>,
+    /// Migrations recorded as adopted by this run.
+    pub migrations_adopted: Vec<String>,
+    /// Migrations that were already recorded.
+    pub migrations_already_applied: usize,
+    /// One entry per configured table.
+    pub tables: Vec<TableSummary>,
+}
+
+/// Partitions of one table.
+#[derive(Debug, Serialize)]
+pub struct TableSummary {
+    /// `schema.table`.
+    pub table: String,
+    /// Partitions created (or planned).
+    pub created: Vec<String>,
+    /// Coverage after the run; `None` in a dry run or when the table failed.
+    pub runway: Option<Runway>,
+    /// Why the table could not be completed.
+    pub error: Option<String>,
+}
+
+impl Summary {
+    /// Whether every table succeeded.
+    pub fn ok(&self) -> bool {
+        self.tables.iter().all(|t| t.error.is_none())
+    }
+
+    /// The human summary, a few lines.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let verb = if self.dry_run { "would be " } else { "" };
+        if self.migrations_applied.is_empty() && self.migrations_adopted.is_empty() {
+            s.push_str(&format!(
+                "migrations: up to date ({} already applied), nothing to do\n",
+                self.migrations_already_applied
+            ));
+        } else {
+            s.push_str(&format!(
+                "migrations: {} {verb}applied [{}], {} {verb}adopted [{}], {} already applied\n",
+                self.migrations_applied.len(),
+                self.migrations_applied.join(", "),
+                self.migrations_adopted.len(),
+                self.migrations_adopted.join(", "),
+                self.migrations_already_applied
+            ));
+        }
+        for t in &self.tables {
+            if let Some(e) = &t.error {
+                s.push_str(&format!("{}: FAILED: {e}\n", t.table));
+                continue;
+            }
+            let created = if t.created.is_empty() {
+                "no partition needed".to_string()
+            } else {
+                format!("{} partitions {verb}created ({})", t.created.len(), t.created.join(", "))
+            };
+            let runway = match &t.runway {
+                None => String::new(),
+                Some(r) => match r.writes_fail_from {
+                    None => "; runway unbounded (MAXVALUE or DEFAULT partition)".to_string(),
+                    Some(at) => format!(
+                        "; runway {} periods after the current one, writes fail from {}",
+                        r.periods_ahead,
+                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    ),
+                },
+            };
+            s.push_str(&format!("{}: {created}{runway}\n", t.table));
+        }
+        s
+    }
+}
+
+/// Why bootstrap stopped before it could look at the tables.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Migrations refused or failed.
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+}
+
+/// Runs the bootstrap. Dry-run output (the SQL) goes to `out`. Returns the summary; table
+/// failures are inside it, see [`Summary::ok`].
+pub async fn run(config: &Config, opts: Options, out: &mut dyn Write) -> Result<Summary, BootstrapError> {
+    let mut client = db::connect(&config.database).await?;
+    let policy = DdlPolicy::from_config(&config.database);
+    if !opts.dry_run {
+        migrate::lock(&client, config.database.lock_retry_for).await?;
+    }
+    let result = run_locked(&mut client, config, &policy, opts, out).await;
+    if !opts.dry_run {
+        if let Err(e) = migrate::unlock(&client).await {
+            tracing::warn!(error = %db::error_text(&e), "could not release the bootstrap lock; it goes with the session");
+        }
+    }
+    result
+}
+
+async fn run_locked(
+    client: &mut Client,
+    config: &Config,
+    policy: &DdlPolicy,
+    opts: Options,
+    out: &mut dyn Write,
+) -> Result<Summary, BootstrapError> {
+    let steps = migrate::steps(&*client, MIGRATIONS).await?;
+    let mut summary = Summary {
+        dry_run: opts.dry_run,
+        migrations_already_applied: MIGRATIONS.len() - steps.len(),
+        ..Summary::default()
+    };
+    for step in &steps {
+        if opts.dry_run {
+            let _ = writeln!(out, "{}", step.to_sql(policy));
+        } else {
+            migrate::run_step(client, policy, step).await?;
+        }
+        let id = step.migration().id();
+        match step {
+            Step::Apply(_) => summary.migrations_applied.push(id),
+            Step::Adopt(_) => summary.migrations_adopted.push(id),
+        }
+    }
+    for table in &config.tables {
+        let rel = RelName::from(&table.name);
+        let mut ts = TableSummary {
+            table: table.name.to_string(),
+            created: Vec::new(),
+            runway: None,
+            error: None,
+        };
+        let mut snap = match catalog::snapshot(&*client, &rel).await {
+            Ok(s) => s,
+            Err(e) => {
+                ts.error = Some(db::error_text(&e));
+                summary.tables.push(ts);
+                continue;
+            }
+        };
+        // In a dry run on a fresh database, plan against the table the migrations would create.
+        if opts.dry_run && !snap.exists {
+            if let Some(t) = steps
+                .iter()
+                .filter(|s| matches!(s, Step::Apply(_)))
+                .flat_map(|s| s.migration().adopts.iter())
+                .find(|t| t.rel_name() == rel)
+            {
+                snap = t.as_snapshot();
+            }
+        }
+        let actions = match premake::plan(table, &snap, opts.now) {
+            Ok(a) => a,
+            Err(e) => {
+                ts.error = Some(e);
+                summary.tables.push(ts);
+                continue;
+            }
+        };
+        for action in &actions {
+            if opts.dry_run {
+                let _ = writeln!(out, "{}", action.to_sql(policy));
+                ts.created.push(action.subject.clone());
+                continue;
+            }
+            match ddl::execute(client, policy, action).await {
+                Ok(outcome) => {
+                    if let Some(moved) = (snap.default_partition().is_some()).then(|| outcome.rows[2]) {
+                        tracing::info!(action = %action.label, rows = moved, "rows moved out of the DEFAULT partition");
+                    }
+                    ts.created.push(action.subject.clone());
+                }
+                Err(e) => {
+                    ts.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if !opts.dry_run && ts.error.is_none() {
+            match catalog::snapshot(&*client, &rel).await {
+                Ok(after) => ts.runway = Some(premake::runway(table, &after, opts.now)),
+                Err(e) => ts.error = Some(db::error_text(&e)),
+            }
+        }
+        summary.tables.push(ts);
+    }
+    Ok(summary)
+}

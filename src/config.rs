@@ -1,0 +1,509 @@
+//! Configuration: a serde mirror of `config.toml`, then validation into typed values.
+//!
+//! Two phases, as in ripgrep's argument handling: [`RawConfig`] is what the file (and the
+//! `PARTWARDEN__*` environment overrides) literally say, with unknown keys refused; [`Config`]
+//! is what the rest of the program uses: durations, quoted-safe identifiers, a parsed schedule.
+//! Every error names the file, the key and what was expected, in one line, so that a bad deploy
+//! fails at start-up with a message an operator can act on, before anything is touched.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ident::{Ident, MAX_IDENT_BYTES, QualifiedName};
+use crate::period::{Interval, Retention};
+
+/// Environment variables with this prefix (then `__`) override keys: `PARTWARDEN__DATABASE__URL`.
+pub const ENV_PREFIX: &str = "PARTWARDEN";
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file that was read (or would have been).
+    pub file: String,
+    /// What is wrong, naming the key when there is one.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from, for messages.
+    pub file: PathBuf,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[maintenance]`.
+    pub maintenance: MaintenanceConfig,
+    /// `[[tables]]`, in file order.
+    pub tables: Vec<TableConfig>,
+}
+
+/// `[database]`: how to reach PostgreSQL and how patient to be with it.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// URL or libpq `key=value` string. May hold a password: never print it, use
+    /// [`DatabaseConfig::redacted_url`].
+    pub url: String,
+    /// The content of `password_file`, read at start; overrides a password in `url`.
+    pub password: Option<String>,
+    /// Gives up connecting after this long, so an unreachable server is an error, not a hang.
+    pub connect_timeout: Duration,
+    /// `lock_timeout` of every DDL statement: the longest partwarden may make the application's
+    /// queries wait behind a lock it is queued for.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of every statement partwarden sends.
+    pub statement_timeout: Duration,
+    /// How long one DDL step keeps retrying after lock timeouts before the step is given up
+    /// (the rest of the pass still runs, and the next pass tries again).
+    pub lock_retry_for: Duration,
+}
+
+impl DatabaseConfig {
+    /// The connection string with any password replaced by `***`, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.redacted_url())
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_retry_for", &self.lock_retry_for)
+            .finish()
+    }
+}
+
+/// `[maintenance]`: the daemon's schedule and where expired partitions go.
+#[derive(Clone, Debug)]
+pub struct MaintenanceConfig {
+    /// Cron expression with a seconds field, already checked with the scheduler's own parser.
+    pub schedule: String,
+    /// Directory receiving archives of expired partitions.
+    pub archive_dir: PathBuf,
+}
+
+/// What happens to a partition past its retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// Detach, archive to `archive_dir`, verify the archive, then drop.
+    Archive,
+    /// Detach and keep the table, moved to schema `partwarden_archive`.
+    Detach,
+    /// Detach and drop without an archive (explicit opt-in).
+    Drop,
+}
+
+/// One `[[tables]]` entry: a partitioned table partwarden manages.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// The partitioned (parent) table.
+    pub name: QualifiedName,
+    /// Its range partition key column.
+    pub partition_key: Ident,
+    /// Span of one partition.
+    pub interval: Interval,
+    /// Partitions kept ready after the current one.
+    pub premake: u32,
+    /// Partitions wholly older than this expire; `None` keeps them forever.
+    pub retention: Option<Retention>,
+    /// What expiry does.
+    pub on_expiry: OnExpiry,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    database: RawDatabase,
+    #[serde(default)]
+    maintenance: RawMaintenance,
+    #[serde(default = "default_tables")]
+    tables: Vec<RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDatabase {
+    url: String,
+    password_file: String,
+    connect_timeout: String,
+    lock_timeout: String,
+    statement_timeout: String,
+    lock_retry_for: String,
+}
+
+impl Default for RawDatabase {
+    fn default() -> Self {
+        RawDatabase {
+            url: "postgresql://partwarden@localhost:5432/odds".into(),
+            password_file: String::new(),
+            connect_timeout: "5s".into(),
+            lock_timeout: "200ms".into(),
+            statement_timeout: "60s".into(),
+            lock_retry_for: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMaintenance {
+    schedule: String,
+    archive_dir: String,
+}
+
+impl Default for RawMaintenance {
+    fn default() -> Self {
+        RawMaintenance {
+            schedule: "0 */10 * * * *".into(),
+            archive_dir: "/var/lib/partwarden/archive".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    #[serde(default = "default_partition_key")]
+    partition_key: String,
+    #[serde(default = "default_interval")]
+    interval: String,
+    #[serde(default = "default_premake")]
+    premake: i64,
+    #[serde(default)]
+    retention: Option<String>,
+    #[serde(default = "default_on_expiry")]
+    on_expiry: String,
+}
+
+fn default_tables() -> Vec<RawTable> {
+    vec![RawTable {
+        name: "public.market_odds_history".into(),
+        partition_key: default_partition_key(),
+        interval: default_interval(),
+        premake: default_premake(),
+        retention: Some("6 months".into()),
+        on_expiry: default_on_expiry(),
+    }]
+}
+fn default_partition_key() -> String {
+    "captured_at".into()
+}
+fn default_interval() -> String {
+    "monthly".into()
+}
+fn default_premake() -> i64 {
+    3
+}
+fn default_on_expiry() -> String {
+    "archive".into()
+}
+
+impl Config {
+    /// Reads `path`, applies `PARTWARDEN__*` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(err("cannot read the configuration file: it does not exist or is not a file".into()));
+        }
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| err(one_line(&redact_url(&e.to_string()))))?;
+        raw.validate(path).map_err(err)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, path: &Path) -> Result<Config, String> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let database = self.database.validate()?;
+        let maintenance = self.maintenance.validate(base)?;
+        let mut tables: Vec<TableConfig> = Vec::new();
+        for (i, t) in self.tables.into_iter().enumerate() {
+            let t = t.validate(i)?;
+            if tables.iter().any(|o| o.name == t.name) {
+                return Err(format!("key `tables[{i}].name`: {} is listed twice", t.name));
+            }
+            tables.push(t);
+        }
+        Ok(Config {
+            file: path.to_path_buf(),
+            database,
+            maintenance,
+            tables,
+        })
+    }
+}
+
+impl RawDatabase {
+    fn validate(self) -> Result<DatabaseConfig, String> {
+        if self.url.trim().is_empty() {
+            return Err("key `database.url`: expected a PostgreSQL URL or key=value string, got an empty string".into());
+        }
+        if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
+            return Err(format!(
+                "key `database.url`: not a valid PostgreSQL connection string ({}): {}",
+                one_line(&e.to_string()),
+                redact_url(&self.url)
+            ));
+        }
+        let password = if self.password_file.is_empty() {
+            None
+        } else {
+            Some(read_password_file(Path::new(&self.password_file))?)
+        };
+        let connect_timeout = duration("database.connect_timeout", &self.connect_timeout)?;
+        let lock_timeout = duration("database.lock_timeout", &self.lock_timeout)?;
+        let statement_timeout = duration("database.statement_timeout", &self.statement_timeout)?;
+        let lock_retry_for = duration("database.lock_retry_for", &self.lock_retry_for)?;
+        if lock_timeout >= statement_timeout {
+            return Err(format!(
+                "key `database.lock_timeout`: expected less than statement_timeout ({}), got {}",
+                self.statement_timeout, self.lock_timeout
+            ));
+        }
+        Ok(DatabaseConfig {
+            url: self.url,
+            password,
+            connect_timeout,
+            lock_timeout,
+            statement_timeout,
+            lock_retry_for,
+        })
+    }
+}
+
+impl RawMaintenance {
+    fn validate(self, base: &Path) -> Result<MaintenanceConfig, String> {
+        croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&self.schedule)
+            .map_err(|e| {
+                format!(
+                    "key `maintenance.schedule`: expected a cron expression with a seconds field such as \"0 */10 * * * *\", got {:?} ({e})",
+                    self.schedule
+                )
+            })?;
+        if self.archive_dir.is_empty() {
+            return Err("key `maintenance.archive_dir`: expected a directory path, got an empty string".into());
+        }
+        let dir = PathBuf::from(&self.archive_dir);
+        if dir
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(format!(
+                "key `maintenance.archive_dir`: {:?} contains `..`; give a path without it",
+                self.archive_dir
+            ));
+        }
+        // A relative directory means relative to the configuration file, never to whatever the
+        // working directory of a service happens to be.
+        let archive_dir = if dir.is_absolute() { dir } else { base.join(dir) };
+        Ok(MaintenanceConfig {
+            schedule: self.schedule,
+            archive_dir,
+        })
+    }
+}
+
+impl RawTable {
+    fn validate(self, i: usize) -> Result<TableConfig, String> {
+        let key = |k: &str| format!("key `tables[{i}].{k}`");
+        let name = QualifiedName::parse(&self.name).map_err(|e| format!("{}: {e}", key("name")))?;
+        let partition_key =
+            Ident::new(&self.partition_key).map_err(|e| format!("{}: {e}", key("partition_key")))?;
+        let interval = match self.interval.as_str() {
+            "monthly" => Interval::Monthly,
+            "weekly" => Interval::Weekly,
+            "daily" => Interval::Daily,
+            other => {
+                return Err(format!(
+                    "{}: expected monthly, weekly or daily, got {other:?}",
+                    key("interval")
+                ));
+            }
+        };
+        let longest = name.name.as_str().len() + interval.max_suffix_len();
+        if longest > MAX_IDENT_BYTES {
+            return Err(format!(
+                "{}: partition names of {} would be {longest} bytes long; PostgreSQL allows {MAX_IDENT_BYTES}",
+                key("name"),
+                name
+            ));
+        }
+        if !(1..=120).contains(&self.premake) {
+            return Err(format!(
+                "{}: expected a whole number from 1 to 120, got {}",
+                key("premake"),
+                self.premake
+            ));
+        }
+        let retention = match self.retention {
+            None => None,
+            Some(r) => Some(Retention::parse(&r).map_err(|e| format!("{}: {e}", key("retention")))?),
+        };
+        let on_expiry = match self.on_expiry.as_str() {
+            "archive" => OnExpiry::Archive,
+            "detach" => OnExpiry::Detach,
+            "drop" => OnExpiry::Drop,
+            other => {
+                return Err(format!(
+                    "{}: expected archive, detach or drop, got {other:?}",
+                    key("on_expiry")
+                ));
+            }
+        };
+        Ok(TableConfig {
+            name,
+            partition_key,
+            interval,
+            premake: self.premake as u32,
+            retention,
+            on_expiry,
+        })
+    }
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("key `{key}`: expected a duration such as \"200ms\", \"5s\" or \"2m\", got {s:?} ({e})")
+    })?;
+    if d.is_zero() {
+        return Err(format!("key `{key}`: expected a duration above zero, got {s:?}"));
+    }
+    if d < Duration::from_millis(1) {
+        return Err(format!("key `{key}`: expected at least 1ms, got {s:?}"));
+    }
+    Ok(d)
+}
+
+fn read_password_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!("key `database.password_file`: cannot read {}: {e}", path.display())
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "key `database.password_file`: {} is readable by group or others (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!("key `database.password_file`: cannot read {}: {e}", path.display())
+    })?;
+    let password = text.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err(format!(
+            "key `database.password_file`: {} is empty",
+            path.display()
+        ));
+    }
+    Ok(password)
+}
+
+/// Replaces the password of a URL (`postgresql://user:secret@host`), of a `password=` key or
+/// query parameter, with `***`. Applied to every message that may quote a connection string.
+pub fn redact_url(s: &str) -> String {
+    let mut out = s.to_string();
+    // URL userinfo: scheme://user:password@host
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let rest = &out[rest_start..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    // key=value form and URL query parameters: password=secret
+    let mut result = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(pos) = rest.find("password=") {
+        let value_start = pos + "password=".len();
+        result.push_str(&rest[..value_start]);
+        let value = &rest[value_start..];
+        let end = if let Some(quoted) = value.strip_prefix('\'') {
+            // libpq quoted value; backslash escapes a quote.
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '\'' if !escaped => {
+                        end = Some(i + 2);
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            end.unwrap_or(value.len())
+        } else {
+            value.find([' ', '&', '\t', '\n']).unwrap_or(value.len())
+        };
+        result.push_str("***");
+        rest = &value[end..];
+    }
+    result.push_str(rest);
+    result
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgresql://app:s3cr%40t@db:5432/odds"),
+            "postgresql://app:***@db:5432/odds"
+        );
+        assert_eq!(
+            redact_url("postgresql://app@db/odds?password=hunter2&sslmode=require"),
+            "postgresql://app@db/odds?password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("host=db password='a b\\'c' user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(redact_url("host=db password=x"), "host=db password=***");
+        assert_eq!(redact_url("postgresql://app@db/odds"), "postgresql://app@db/odds");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration("k", "200ms").unwrap(), Duration::from_millis(200));
+        assert!(duration("k", "0s").is_err());
+        assert!(duration("k", "soon").unwrap_err().contains("key `k`"));
+    }
+}

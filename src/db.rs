@@ -1,0 +1,164 @@
+//! Connections: every session partwarden opens is set up the same way.
+//!
+//! A session is in UTC (bounds are always read and written with `+00`), names itself
+//! `partwarden` in `pg_stat_activity` (so on-call can see who holds what), and has the
+//! configured `statement_timeout`. Connecting is bounded by `connect_timeout` as a whole, not
+//! per host, so an unreachable server is a prompt, clear error rather than a hang.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::config::{DatabaseConfig, redact_url};
+
+/// `application_name` of partwarden's sessions, visible in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "partwarden";
+
+/// A connection could not be made or set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server did not answer within `connect_timeout`.
+    #[error("cannot connect to PostgreSQL at {target}: no answer within {timeout:?}")]
+    Timeout {
+        /// Where we tried, without password.
+        target: String,
+        /// The configured connect_timeout.
+        timeout: Duration,
+    },
+    /// The server refused, or authentication failed, or the session could not be set up.
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Failed {
+        /// Where we tried, without password.
+        target: String,
+        /// The reason, without password.
+        message: String,
+    },
+}
+
+/// The parsed connection settings, with the password from `password_file` or `PGPASSWORD`
+/// applied and the user defaulted like libpq does.
+pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConnectError> {
+    let mut cfg: tokio_postgres::Config =
+        db.url.parse().map_err(|e: tokio_postgres::Error| ConnectError::Failed {
+            target: db.redacted_url(),
+            message: redact_url(&e.to_string()),
+        })?;
+    if let Some(p) = &db.password {
+        cfg.password(p.as_bytes());
+    } else if cfg.get_password().is_none() {
+        if let Ok(p) = std::env::var("PGPASSWORD") {
+            cfg.password(p.as_bytes());
+        }
+    }
+    if cfg.get_user().is_none() {
+        let user = std::env::var("PGUSER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "postgres".into());
+        cfg.user(&user);
+    }
+    cfg.connect_timeout(db.connect_timeout);
+    cfg.application_name(APPLICATION_NAME);
+    Ok(cfg)
+}
+
+/// A short description of where `cfg` points, without secrets: `host:port/dbname as user`.
+pub fn describe(cfg: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = cfg
+                .get_ports()
+                .get(i)
+                .or(cfg.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                Host::Tcp(s) => format!("{s}:{port}"),
+                Host::Unix(p) => format!("{}:{port}", p.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    };
+    format!(
+        "{hosts}/{} as {}",
+        cfg.get_dbname().or(cfg.get_user()).unwrap_or("?"),
+        cfg.get_user().unwrap_or("?")
+    )
+}
+
+/// Opens a session and sets it up (UTC, statement_timeout). The connection task is spawned on
+/// the current runtime and ends when the returned client is dropped.
+pub async fn connect(db: &DatabaseConfig) -> Result<Client, ConnectError> {
+    let cfg = pg_config(db)?;
+    let target = describe(&cfg);
+    let attempt = cfg.connect(NoTls);
+    let (client, connection) = match tokio::time::timeout(db.connect_timeout, attempt).await {
+        Err(_) => {
+            return Err(ConnectError::Timeout {
+                target,
+                timeout: db.connect_timeout,
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(ConnectError::Failed {
+                target,
+                message: redact_url(&error_text(&e)),
+            });
+        }
+        Ok(Ok(pair)) => pair,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection closed");
+        }
+    });
+    setup_session(&client, db)
+        .await
+        .map_err(|e| ConnectError::Failed {
+            target,
+            message: format!("session set-up failed: {}", error_text(&e)),
+        })?;
+    Ok(client)
+}
+
+async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio_postgres::Error> {
+    let statement_timeout = format!("{}ms", db.statement_timeout.as_millis());
+    client
+        .execute(
+            "SELECT set_config('TimeZone', 'UTC', false), set_config('statement_timeout', $1, false)",
+            &[&statement_timeout],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A database error in one line: the server's message, SQLSTATE and detail when it has them,
+/// otherwise the client library's description with its cause.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+        if let Some(d) = db.detail() {
+            s.push_str(": ");
+            s.push_str(d);
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !s.contains(&c) {
+            s.push_str(": ");
+            s.push_str(&c);
+        }
+        source = cause.source();
+    }
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}

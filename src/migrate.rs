@@ -1,0 +1,362 @@
+//! Versioned schema migrations, embedded in the binary, in the manner of refinery.
+//!
+//! [`plan`] is pure: the migrations this binary knows and those the database has recorded in
+//! `partwarden.schema_migrations` in, the pending ones out, or a refusal when the database has
+//! a migration this binary does not know or one whose file was edited since it was applied
+//! (checksums). The driver then decides, per pending migration, whether to apply it or to
+//! *adopt* tables the application already created with the same shape, and runs each step in
+//! its own transaction under lock_timeout.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, GenericClient, Transaction};
+
+use crate::catalog;
+use crate::ddl::{self, DdlError, DdlPolicy};
+use crate::shape::{self, ExpectedTable};
+
+/// One migration file of `schema/`.
+#[derive(Debug)]
+pub struct Migration {
+    /// Its number, from the file name.
+    pub version: i32,
+    /// Its name, from the file name.
+    pub name: &'static str,
+    /// Its SQL, embedded at build time.
+    pub sql: &'static str,
+    /// Tables it creates that may already exist, made by the application: when they do, with
+    /// exactly this shape, the migration is recorded as adopted instead of applied.
+    pub adopts: &'static [&'static ExpectedTable],
+}
+
+/// Every migration, in order. A unit test checks that this list and `schema/` agree.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "odds_schema",
+    sql: include_str!("../schema/0001_odds_schema.sql"),
+    adopts: shape::ODDS_TABLES,
+}];
+
+/// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").
+pub const BOOTSTRAP_LOCK_KEY: i64 = 0x7077_626f_6f74_7374;
+
+/// The bookkeeping schema and table, created with the first migration step.
+const BOOKKEEPING: &str = "\
+CREATE TABLE IF NOT EXISTS partwarden.schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    checksum text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    adopted boolean NOT NULL DEFAULT false
+)";
+
+impl Migration {
+    /// SHA-256 of the SQL text, hex.
+    pub fn checksum(&self) -> String {
+        hex::encode(Sha256::digest(self.sql.as_bytes()))
+    }
+
+    /// `0001_odds_schema`.
+    pub fn id(&self) -> String {
+        format!("{:04}_{}", self.version, self.name)
+    }
+}
+
+/// A migration recorded in `partwarden.schema_migrations`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Version.
+    pub version: i32,
+    /// Name.
+    pub name: String,
+    /// Checksum recorded when it was applied.
+    pub checksum: String,
+    /// Whether it was adopted rather than applied.
+    pub adopted: bool,
+}
+
+/// Why migrations cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// The recorded checksum differs from the file's.
+    #[error("migration {id} was edited after it was applied (recorded checksum {recorded}, file has {file}); restore the original file and add a new migration instead")]
+    Edited {
+        /// `0001_odds_schema`.
+        id: String,
+        /// Checksum in the database.
+        recorded: String,
+        /// Checksum of the embedded file.
+        file: String,
+    },
+    /// The database has a migration this binary does not know.
+    #[error("the database has migration {version} ({name}), which this partwarden does not know; upgrade partwarden")]
+    Unknown {
+        /// Version.
+        version: i32,
+        /// Name.
+        name: String,
+    },
+    /// Existing tables differ from the migration's shape.
+    #[error("cannot adopt the existing tables for migration {id}; nothing was changed. Differences: {}", .differences.join("; "))]
+    ShapeMismatch {
+        /// The migration.
+        id: String,
+        /// One line per difference.
+        differences: Vec<String>,
+    },
+    /// Another bootstrap holds the lock.
+    #[error("another partwarden --bootstrap is running (advisory lock {BOOTSTRAP_LOCK_KEY} held by pid {holder}); try again when it is done")]
+    Busy {
+        /// Its backend pid, or 0 when unknown.
+        holder: i32,
+    },
+    /// A DDL step failed.
+    #[error(transparent)]
+    Ddl(#[from] DdlError),
+    /// A catalog query failed.
+    #[error("reading migration state: {}", crate::db::error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// The pending migrations, or why none may run.
+pub fn plan<'a>(known: &'a [Migration], applied: &[Applied]) -> Result<Vec<&'a Migration>, MigrateError> {
+    for a in applied {
+        match known.iter().find(|m| m.version == a.version) {
+            None => {
+                return Err(MigrateError::Unknown {
+                    version: a.version,
+                    name: a.name.clone(),
+                });
+            }
+            Some(m) if m.checksum() != a.checksum || m.name != a.name => {
+                return Err(MigrateError::Edited {
+                    id: m.id(),
+                    recorded: a.checksum.clone(),
+                    file: m.checksum(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(known
+        .iter()
+        .filter(|m| !applied.iter().any(|a| a.version == m.version))
+        .collect())
+}
+
+/// What the driver will do for one pending migration.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// Run its SQL.
+    Apply(&'a Migration),
+    /// Its tables already exist with the right shape: only record it.
+    Adopt(&'a Migration),
+}
+
+impl Step<'_> {
+    /// The migration.
+    pub fn migration(&self) -> &Migration {
+        match self {
+            Step::Apply(m) | Step::Adopt(m) => m,
+        }
+    }
+
+    /// The step as SQL text, for `--dry-run`.
+    pub fn to_sql(&self, policy: &DdlPolicy) -> String {
+        let m = self.migration();
+        let (verb, body) = match self {
+            Step::Apply(_) => ("apply", format!("{}\n", m.sql.trim_end())),
+            Step::Adopt(_) => ("adopt (tables exist with the expected shape)", String::new()),
+        };
+        format!(
+            "-- migration {}: {verb}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\nCREATE SCHEMA IF NOT EXISTS partwarden;\n{BOOKKEEPING};\n{body}INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ({}, '{}', '{}', {});\nCOMMIT;\n",
+            m.id(),
+            policy.lock_timeout.as_millis(),
+            m.version,
+            m.name,
+            m.checksum(),
+            matches!(self, Step::Adopt(_))
+        )
+    }
+}
+
+/// Migrations recorded in the database; empty when the bookkeeping table does not exist yet.
+pub async fn applied(client: &impl GenericClient) -> Result<Vec<Applied>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('partwarden.schema_migrations') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Vec::new());
+    }
+    Ok(client
+        .query(
+            "SELECT version, name, checksum, adopted FROM partwarden.schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Applied {
+            version: r.get(0),
+            name: r.get(1),
+            checksum: r.get(2),
+            adopted: r.get(3),
+        })
+        .collect())
+}
+
+/// Reads the database and decides each pending step: apply, adopt, or refuse with the list of
+/// differences. Changes nothing.
+pub async fn steps<'a>(client: &impl GenericClient, known: &'a [Migration]) -> Result<Vec<Step<'a>>, MigrateError> {
+    let applied = applied(client).await?;
+    let mut steps = Vec::new();
+    for m in plan(known, &applied)? {
+        let mut existing = 0;
+        let mut differences = Vec::new();
+        for t in m.adopts {
+            let snap = catalog::snapshot(client, &t.rel_name()).await?;
+            if snap.exists {
+                existing += 1;
+            }
+            differences.extend(t.differences(&snap));
+        }
+        if existing == 0 {
+            steps.push(Step::Apply(m));
+        } else if differences.is_empty() {
+            steps.push(Step::Adopt(m));
+        } else {
+            return Err(MigrateError::ShapeMismatch {
+                id: m.id(),
+                differences,
+            });
+        }
+    }
+    Ok(steps)
+}
+
+/// Takes the bootstrap advisory lock, waiting up to `wait` for another bootstrap to finish.
+pub async fn lock(client: &Client, wait: std::time::Duration) -> Result<(), MigrateError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
+            .await?
+            .get(0);
+        if got {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let holder: Option<i32> = client
+                .query_one(
+                    "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                     AND (classid::bigint << 32 | objid::bigint) = $1",
+                    &[&BOOTSTRAP_LOCK_KEY],
+                )
+                .await?
+                .get(0);
+            return Err(MigrateError::Busy {
+                holder: holder.unwrap_or(0),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Releases the bootstrap lock (also released when the session ends).
+pub async fn unlock(client: &Client) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
+        .await
+        .map(|_| ())
+}
+
+/// Runs one step in its own transaction under lock_timeout, with retries.
+pub async fn run_step(client: &mut Client, policy: &DdlPolicy, step: &Step<'_>) -> Result<(), MigrateError> {
+    let m = step.migration();
+    let adopted = matches!(step, Step::Adopt(_));
+    let label = format!("migration {}", m.id());
+    ddl::with_lock_retry(client, policy, &label, &[], async |tx: &Transaction<'_>| {
+        let has_schema: bool = tx
+            .query_one("SELECT to_regnamespace('partwarden') IS NOT NULL", &[])
+            .await
+            .map_err(|e| (String::new(), e))?
+            .get(0);
+        if !has_schema {
+            tx.batch_execute("CREATE SCHEMA partwarden")
+                .await
+                .map_err(|e| ("CREATE SCHEMA partwarden".to_string(), e))?;
+        }
+        tx.batch_execute(BOOKKEEPING)
+            .await
+            .map_err(|e| (BOOKKEEPING.to_string(), e))?;
+        if !adopted {
+            tx.batch_execute(m.sql)
+                .await
+                .map_err(|e| (format!("schema/{}.sql", m.id()), e))?;
+        }
+        tx.execute(
+            "INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ($1, $2, $3, $4)",
+            &[&m.version, &m.name, &m.checksum(), &adopted],
+        )
+        .await
+        .map_err(|e| ("INSERT INTO partwarden.schema_migrations".to_string(), e))?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(migration = %m.id(), adopted, "migration recorded");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied_of(m: &Migration) -> Applied {
+        Applied {
+            version: m.version,
+            name: m.name.to_string(),
+            checksum: m.checksum(),
+            adopted: false,
+        }
+    }
+
+    #[test]
+    fn schema_folder_and_list_agree() {
+        let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|m| format!("{}.sql", m.id())).collect();
+        assert_eq!(files, listed);
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3, ... in order");
+        }
+    }
+
+    #[test]
+    fn pending_and_noop() {
+        assert_eq!(plan(MIGRATIONS, &[]).unwrap().len(), MIGRATIONS.len());
+        let all: Vec<Applied> = MIGRATIONS.iter().map(applied_of).collect();
+        assert!(plan(MIGRATIONS, &all).unwrap().is_empty());
+    }
+
+    #[test]
+    fn edited_migration_is_refused_by_name() {
+        let mut a = applied_of(&MIGRATIONS[0]);
+        a.checksum = "0".repeat(64);
+        let e = plan(MIGRATIONS, &[a]).unwrap_err().to_string();
+        assert!(e.contains("0001_odds_schema") && e.contains("edited"), "{e}");
+    }
+
+    #[test]
+    fn unknown_migration_is_refused() {
+        let a = Applied {
+            version: 999,
+            name: "future".into(),
+            checksum: "x".into(),
+            adopted: false,
+        };
+        assert!(matches!(plan(MIGRATIONS, &[a]), Err(MigrateError::Unknown { version: 999, .. })));
+    }
+}

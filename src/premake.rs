@@ -292,7 +292,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            a[1].statements[3],
+            a[1].statements[2],
             "ALTER TABLE \"public\".\"moh\" ATTACH PARTITION \"public\".\"moh_2026_12\" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00')"
         );
         assert_eq!(a[1].statements.len(), 4);

@@ -72,14 +72,26 @@ impl Summary {
                 self.migrations_already_applied
             ));
         } else {
-            s.push_str(&format!(
-                "migrations: {} {verb}applied [{}], {} {verb}adopted [{}], {} already applied\n",
-                self.migrations_applied.len(),
-                self.migrations_applied.join(", "),
-                self.migrations_adopted.len(),
-                self.migrations_adopted.join(", "),
+            let mut parts = Vec::new();
+            if !self.migrations_applied.is_empty() {
+                parts.push(format!(
+                    "{} {verb}applied [{}]",
+                    self.migrations_applied.len(),
+                    self.migrations_applied.join(", ")
+                ));
+            }
+            if !self.migrations_adopted.is_empty() {
+                parts.push(format!(
+                    "{} {verb}adopted [{}]",
+                    self.migrations_adopted.len(),
+                    self.migrations_adopted.join(", ")
+                ));
+            }
+            parts.push(format!(
+                "{} already applied",
                 self.migrations_already_applied
             ));
+            s.push_str(&format!("migrations: {}\n", parts.join(", ")));
         }
         for t in &self.tables {
             if let Some(e) = &t.error {
@@ -89,7 +101,11 @@ impl Summary {
             let created = if t.created.is_empty() {
                 "no partition needed".to_string()
             } else {
-                format!("{} partitions {verb}created ({})", t.created.len(), t.created.join(", "))
+                format!(
+                    "{} partitions {verb}created ({})",
+                    t.created.len(),
+                    t.created.join(", ")
+                )
             };
             let runway = match &t.runway {
                 None => String::new(),
@@ -121,17 +137,21 @@ pub enum BootstrapError {
 
 /// Runs the bootstrap. Dry-run output (the SQL) goes to `out`. Returns the summary; table
 /// failures are inside it, see [`Summary::ok`].
-pub async fn run(config: &Config, opts: Options, out: &mut dyn Write) -> Result<Summary, BootstrapError> {
+pub async fn run(
+    config: &Config,
+    opts: Options,
+    out: &mut dyn Write,
+) -> Result<Summary, BootstrapError> {
     let mut client = db::connect(&config.database).await?;
     let policy = DdlPolicy::from_config(&config.database);
     if !opts.dry_run {
         migrate::lock(&client, config.database.lock_retry_for).await?;
     }
     let result = run_locked(&mut client, config, &policy, opts, out).await;
-    if !opts.dry_run {
-        if let Err(e) = migrate::unlock(&client).await {
-            tracing::warn!(error = %db::error_text(&e), "could not release the bootstrap lock; it goes with the session");
-        }
+    if !opts.dry_run
+        && let Err(e) = migrate::unlock(&client).await
+    {
+        tracing::warn!(error = %db::error_text(&e), "could not release the bootstrap lock; it goes with the session");
     }
     result
 }
@@ -178,15 +198,15 @@ async fn run_locked(
             }
         };
         // In a dry run on a fresh database, plan against the table the migrations would create.
-        if opts.dry_run && !snap.exists {
-            if let Some(t) = steps
+        if opts.dry_run
+            && !snap.exists
+            && let Some(t) = steps
                 .iter()
                 .filter(|s| matches!(s, Step::Apply(_)))
                 .flat_map(|s| s.migration().adopts.iter())
                 .find(|t| t.rel_name() == rel)
-            {
-                snap = t.as_snapshot();
-            }
+        {
+            snap = t.as_snapshot();
         }
         let actions = match premake::plan(table, &snap, opts.now) {
             Ok(a) => a,
@@ -204,7 +224,9 @@ async fn run_locked(
             }
             match ddl::execute(client, policy, action).await {
                 Ok(outcome) => {
-                    if let Some(moved) = (snap.default_partition().is_some()).then(|| outcome.rows[2]) {
+                    if let Some(moved) =
+                        (snap.default_partition().is_some()).then(|| outcome.rows[2])
+                    {
                         tracing::info!(action = %action.label, rows = moved, "rows moved out of the DEFAULT partition");
                     }
                     ts.created.push(action.subject.clone());

@@ -151,7 +151,10 @@ impl TableSnapshot {
 
 /// Reads the snapshot of `table`. Returns a snapshot with `exists == false` when there is no
 /// such relation.
-pub async fn snapshot(client: &impl GenericClient, table: &RelName) -> Result<TableSnapshot, tokio_postgres::Error> {
+pub async fn snapshot(
+    client: &impl GenericClient,
+    table: &RelName,
+) -> Result<TableSnapshot, tokio_postgres::Error> {
     let qualified = table.quoted();
     let row = client
         .query_opt(
@@ -173,7 +176,10 @@ pub async fn snapshot(client: &impl GenericClient, table: &RelName) -> Result<Ta
     };
     snap.columns = columns(client, table).await?;
     snap.indexes = indexes(client, table).await?;
-    if snap.range_key_column().is_some_and(|k| snap.is_time_column(k)) {
+    if snap
+        .range_key_column()
+        .is_some_and(|k| snap.is_time_column(k))
+    {
         snap.partitions = partitions(client, table).await?;
     }
     snap.names_taken = client
@@ -190,7 +196,10 @@ pub async fn snapshot(client: &impl GenericClient, table: &RelName) -> Result<Ta
 }
 
 /// Columns of `table`, in order.
-pub async fn columns(client: &impl GenericClient, table: &RelName) -> Result<Vec<Column>, tokio_postgres::Error> {
+pub async fn columns(
+    client: &impl GenericClient,
+    table: &RelName,
+) -> Result<Vec<Column>, tokio_postgres::Error> {
     Ok(client
         .query(
             "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull \
@@ -209,7 +218,10 @@ pub async fn columns(client: &impl GenericClient, table: &RelName) -> Result<Vec
 }
 
 /// Indexes of `table` itself (not of its partitions), by name.
-pub async fn indexes(client: &impl GenericClient, table: &RelName) -> Result<Vec<Index>, tokio_postgres::Error> {
+pub async fn indexes(
+    client: &impl GenericClient,
+    table: &RelName,
+) -> Result<Vec<Index>, tokio_postgres::Error> {
     Ok(client
         .query(
             "SELECT ic.relname::text, x.indisunique, x.indisprimary, \
@@ -231,7 +243,10 @@ pub async fn indexes(client: &impl GenericClient, table: &RelName) -> Result<Vec
 }
 
 /// Partitions of `table` with their bounds, ordered by lower bound, DEFAULT last.
-pub async fn partitions(client: &impl GenericClient, table: &RelName) -> Result<Vec<Partition>, tokio_postgres::Error> {
+pub async fn partitions(
+    client: &impl GenericClient,
+    table: &RelName,
+) -> Result<Vec<Partition>, tokio_postgres::Error> {
     // The server prints a range bound as FROM ('lit') TO ('lit') or with MINVALUE / MAXVALUE;
     // the literal is cast back by the server, in this UTC session, so no date parsing happens
     // on our side.

@@ -10,12 +10,19 @@ use clap::{Parser, ValueEnum};
 /// archives, and checks routing and index health.
 #[derive(Debug, Parser)]
 #[command(name = "partwarden", version, about, long_about = None)]
-#[command(after_help = "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error.\n\
+#[command(
+    after_help = "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error.\n\
 --check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n\
-With no mode flag, partwarden runs as a daemon.")]
+With no mode flag, partwarden runs as a daemon."
+)]
 pub struct Args {
     /// Configuration file.
-    #[arg(long, value_name = "PATH", env = "PARTWARDEN_CONFIG", default_value = "config.toml")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "PARTWARDEN_CONFIG",
+        default_value = "config.toml"
+    )]
     pub config: PathBuf,
 
     /// Create or adopt the odds schema, then create the partitions every table needs.
@@ -106,11 +113,24 @@ mod tests {
     #[test]
     fn modes_are_exclusive_and_now_needs_dry_run() {
         assert!(Args::try_parse_from(["partwarden", "--bootstrap", "--check"]).is_err());
-        assert!(Args::try_parse_from(["partwarden", "--bootstrap", "--now", "2026-12-01T00:00:00Z"]).is_err());
-        let a = Args::try_parse_from(["partwarden", "--bootstrap", "--dry-run", "--now", "2026-12-01T00:00:00Z"]).unwrap();
+        assert!(
+            Args::try_parse_from(["partwarden", "--bootstrap", "--now", "2026-12-01T00:00:00Z"])
+                .is_err()
+        );
+        let a = Args::try_parse_from([
+            "partwarden",
+            "--bootstrap",
+            "--dry-run",
+            "--now",
+            "2026-12-01T00:00:00Z",
+        ])
+        .unwrap();
         assert_eq!(a.mode(), Mode::Bootstrap);
         assert_eq!(a.now().to_rfc3339(), "2026-12-01T00:00:00+00:00");
         assert!(Args::try_parse_from(["partwarden", "--dry-run", "--now", "yesterday"]).is_err());
-        assert_eq!(Args::try_parse_from(["partwarden"]).unwrap().mode(), Mode::Daemon);
+        assert_eq!(
+            Args::try_parse_from(["partwarden"]).unwrap().mode(),
+            Mode::Daemon
+        );
     }
 }

@@ -218,7 +218,9 @@ impl Config {
             message,
         };
         if !path.is_file() {
-            return Err(err("cannot read the configuration file: it does not exist or is not a file".into()));
+            return Err(err(
+                "cannot read the configuration file: it does not exist or is not a file".into(),
+            ));
         }
         let raw: RawConfig = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml))
@@ -230,7 +232,15 @@ impl Config {
             )
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| err(one_line(&redact_url(&e.to_string()))))?;
+            .map_err(|e| {
+                let text = one_line(&redact_url(&e.to_string()));
+                // The config crate appends the file name; ours is already at the front.
+                let text = text
+                    .strip_suffix(&format!(" in {file}"))
+                    .unwrap_or(&text)
+                    .to_string();
+                err(text)
+            })?;
         raw.validate(path).map_err(err)
     }
 }
@@ -244,7 +254,10 @@ impl RawConfig {
         for (i, t) in self.tables.into_iter().enumerate() {
             let t = t.validate(i)?;
             if tables.iter().any(|o| o.name == t.name) {
-                return Err(format!("key `tables[{i}].name`: {} is listed twice", t.name));
+                return Err(format!(
+                    "key `tables[{i}].name`: {} is listed twice",
+                    t.name
+                ));
             }
             tables.push(t);
         }
@@ -309,7 +322,10 @@ impl RawMaintenance {
                 )
             })?;
         if self.archive_dir.is_empty() {
-            return Err("key `maintenance.archive_dir`: expected a directory path, got an empty string".into());
+            return Err(
+                "key `maintenance.archive_dir`: expected a directory path, got an empty string"
+                    .into(),
+            );
         }
         let dir = PathBuf::from(&self.archive_dir);
         if dir
@@ -323,7 +339,11 @@ impl RawMaintenance {
         }
         // A relative directory means relative to the configuration file, never to whatever the
         // working directory of a service happens to be.
-        let archive_dir = if dir.is_absolute() { dir } else { base.join(dir) };
+        let archive_dir = if dir.is_absolute() {
+            dir
+        } else {
+            base.join(dir)
+        };
         Ok(MaintenanceConfig {
             schedule: self.schedule,
             archive_dir,
@@ -335,8 +355,8 @@ impl RawTable {
     fn validate(self, i: usize) -> Result<TableConfig, String> {
         let key = |k: &str| format!("key `tables[{i}].{k}`");
         let name = QualifiedName::parse(&self.name).map_err(|e| format!("{}: {e}", key("name")))?;
-        let partition_key =
-            Ident::new(&self.partition_key).map_err(|e| format!("{}: {e}", key("partition_key")))?;
+        let partition_key = Ident::new(&self.partition_key)
+            .map_err(|e| format!("{}: {e}", key("partition_key")))?;
         let interval = match self.interval.as_str() {
             "monthly" => Interval::Monthly,
             "weekly" => Interval::Weekly,
@@ -365,7 +385,9 @@ impl RawTable {
         }
         let retention = match self.retention {
             None => None,
-            Some(r) => Some(Retention::parse(&r).map_err(|e| format!("{}: {e}", key("retention")))?),
+            Some(r) => {
+                Some(Retention::parse(&r).map_err(|e| format!("{}: {e}", key("retention")))?)
+            }
         };
         let on_expiry = match self.on_expiry.as_str() {
             "archive" => OnExpiry::Archive,
@@ -391,10 +413,14 @@ impl RawTable {
 
 fn duration(key: &str, s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("key `{key}`: expected a duration such as \"200ms\", \"5s\" or \"2m\", got {s:?} ({e})")
+        format!(
+            "key `{key}`: expected a duration such as \"200ms\", \"5s\" or \"2m\", got {s:?} ({e})"
+        )
     })?;
     if d.is_zero() {
-        return Err(format!("key `{key}`: expected a duration above zero, got {s:?}"));
+        return Err(format!(
+            "key `{key}`: expected a duration above zero, got {s:?}"
+        ));
     }
     if d < Duration::from_millis(1) {
         return Err(format!("key `{key}`: expected at least 1ms, got {s:?}"));
@@ -405,7 +431,10 @@ fn duration(key: &str, s: &str) -> Result<Duration, String> {
 fn read_password_file(path: &Path) -> Result<String, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).map_err(|e| {
-        format!("key `database.password_file`: cannot read {}: {e}", path.display())
+        format!(
+            "key `database.password_file`: cannot read {}: {e}",
+            path.display()
+        )
     })?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
@@ -415,7 +444,10 @@ fn read_password_file(path: &Path) -> Result<String, String> {
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("key `database.password_file`: cannot read {}: {e}", path.display())
+        format!(
+            "key `database.password_file`: cannot read {}: {e}",
+            path.display()
+        )
     })?;
     let password = text.trim_end_matches(['\r', '\n']).to_string();
     if password.is_empty() {
@@ -436,10 +468,10 @@ pub fn redact_url(s: &str) -> String {
         let rest_start = scheme_end + 3;
         let rest = &out[rest_start..];
         let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out.replace_range(rest_start + colon + 1..rest_start + at, "***");
         }
     }
     // key=value form and URL query parameters: password=secret
@@ -497,7 +529,10 @@ mod tests {
             "host=db password=*** user=app"
         );
         assert_eq!(redact_url("host=db password=x"), "host=db password=***");
-        assert_eq!(redact_url("postgresql://app@db/odds"), "postgresql://app@db/odds");
+        assert_eq!(
+            redact_url("postgresql://app@db/odds"),
+            "postgresql://app@db/odds"
+        );
     }
 
     #[test]

@@ -39,16 +39,18 @@ pub enum ConnectError {
 /// applied and the user defaulted like libpq does.
 pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConnectError> {
     let mut cfg: tokio_postgres::Config =
-        db.url.parse().map_err(|e: tokio_postgres::Error| ConnectError::Failed {
-            target: db.redacted_url(),
-            message: redact_url(&e.to_string()),
-        })?;
+        db.url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| ConnectError::Failed {
+                target: db.redacted_url(),
+                message: redact_url(&e.to_string()),
+            })?;
     if let Some(p) = &db.password {
         cfg.password(p.as_bytes());
-    } else if cfg.get_password().is_none() {
-        if let Ok(p) = std::env::var("PGPASSWORD") {
-            cfg.password(p.as_bytes());
-        }
+    } else if cfg.get_password().is_none()
+        && let Ok(p) = std::env::var("PGPASSWORD")
+    {
+        cfg.password(p.as_bytes());
     }
     if cfg.get_user().is_none() {
         let user = std::env::var("PGUSER")

@@ -134,7 +134,12 @@ fn blockers_text(b: &[Blocker]) -> String {
 impl Action {
     /// The action as SQL text, exactly as [`execute`] sends it, for `--dry-run`.
     pub fn to_sql(&self, policy: &DdlPolicy) -> String {
-        let mut s = format!("-- {}: {}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\n", self.label, self.reason, policy.lock_timeout.as_millis());
+        let mut s = format!(
+            "-- {}: {}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\n",
+            self.label,
+            self.reason,
+            policy.lock_timeout.as_millis()
+        );
         for st in &self.statements {
             s.push_str(st);
             s.push_str(";\n");
@@ -158,7 +163,11 @@ pub struct Outcome {
 /// Runs `action` in its own transaction under the policy's lock_timeout, retrying lock
 /// timeouts. Returns an error when a statement fails, or when lock timeouts persist for
 /// `retry_for`; the transaction is then rolled back and nothing of the action remains.
-pub async fn execute(client: &mut Client, policy: &DdlPolicy, action: &Action) -> Result<Outcome, DdlError> {
+pub async fn execute(
+    client: &mut Client,
+    policy: &DdlPolicy,
+    action: &Action,
+) -> Result<Outcome, DdlError> {
     let statements = &action.statements;
     let (rows, attempts, elapsed) = with_lock_retry(
         client,
@@ -168,13 +177,17 @@ pub async fn execute(client: &mut Client, policy: &DdlPolicy, action: &Action) -
         async |tx: &Transaction<'_>| {
             let mut rows = Vec::with_capacity(statements.len());
             for st in statements {
-                rows.push(tx.execute(st.as_str(), &[]).await.map_err(|e| (st.clone(), e))?);
+                rows.push(
+                    tx.execute(st.as_str(), &[])
+                        .await
+                        .map_err(|e| (st.clone(), e))?,
+                );
             }
             Ok(rows)
         },
     )
     .await?;
-    tracing::info!(action = %action.label, attempts, elapsed_ms = elapsed.as_millis() as u64, "done");
+    tracing::info!(action = %action.label, attempts, elapsed_ms = elapsed.as_millis() as u64, "action committed");
     Ok(Outcome {
         rows,
         attempts,

@@ -130,7 +130,10 @@ mod tests {
 
     #[test]
     fn accepts_plain_names() {
-        assert_eq!(Ident::new("market_odds_history").unwrap().as_str(), "market_odds_history");
+        assert_eq!(
+            Ident::new("market_odds_history").unwrap().as_str(),
+            "market_odds_history"
+        );
         let q = QualifiedName::parse("public.market_odds_history").unwrap();
         assert_eq!(q.quoted(), "\"public\".\"market_odds_history\"");
         let q = QualifiedName::parse("odds").unwrap();

@@ -1,7 +1,7 @@
 //! The `partwarden` binary: flags, configuration, logging, then one mode. Everything else lives
 //! in the library; this file only maps outcomes to the documented exit codes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -40,7 +40,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("partwarden: cannot start the async runtime: {e}");
@@ -56,7 +59,9 @@ fn main() -> ExitCode {
         Ok(summary) => {
             let text = match args.format {
                 Format::Text => summary.to_text(),
-                Format::Json => serde_json::to_string_pretty(&summary).expect("summary serialises") + "\n",
+                Format::Json => {
+                    serde_json::to_string_pretty(&summary).expect("summary serialises") + "\n"
+                }
             };
             let _ = stdout.write_all(text.as_bytes());
             ExitCode::from(if summary.ok() { EXIT_OK } else { EXIT_FAILED })
@@ -75,5 +80,6 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -78,7 +78,9 @@ pub struct Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// The recorded checksum differs from the file's.
-    #[error("migration {id} was edited after it was applied (recorded checksum {recorded}, file has {file}); restore the original file and add a new migration instead")]
+    #[error(
+        "migration {id} was edited after it was applied (recorded checksum {recorded}, file has {file}); restore the original file and add a new migration instead"
+    )]
     Edited {
         /// `0001_odds_schema`.
         id: String,
@@ -88,7 +90,9 @@ pub enum MigrateError {
         file: String,
     },
     /// The database has a migration this binary does not know.
-    #[error("the database has migration {version} ({name}), which this partwarden does not know; upgrade partwarden")]
+    #[error(
+        "the database has migration {version} ({name}), which this partwarden does not know; upgrade partwarden"
+    )]
     Unknown {
         /// Version.
         version: i32,
@@ -104,7 +108,9 @@ pub enum MigrateError {
         differences: Vec<String>,
     },
     /// Another bootstrap holds the lock.
-    #[error("another partwarden --bootstrap is running (advisory lock {BOOTSTRAP_LOCK_KEY} held by pid {holder}); try again when it is done")]
+    #[error(
+        "another partwarden --bootstrap is running (advisory lock {BOOTSTRAP_LOCK_KEY} held by pid {holder}); try again when it is done"
+    )]
     Busy {
         /// Its backend pid, or 0 when unknown.
         holder: i32,
@@ -118,7 +124,10 @@ pub enum MigrateError {
 }
 
 /// The pending migrations, or why none may run.
-pub fn plan<'a>(known: &'a [Migration], applied: &[Applied]) -> Result<Vec<&'a Migration>, MigrateError> {
+pub fn plan<'a>(
+    known: &'a [Migration],
+    applied: &[Applied],
+) -> Result<Vec<&'a Migration>, MigrateError> {
     for a in applied {
         match known.iter().find(|m| m.version == a.version) {
             None => {
@@ -165,7 +174,10 @@ impl Step<'_> {
         let m = self.migration();
         let (verb, body) = match self {
             Step::Apply(_) => ("apply", format!("{}\n", m.sql.trim_end())),
-            Step::Adopt(_) => ("adopt (tables exist with the expected shape)", String::new()),
+            Step::Adopt(_) => (
+                "adopt (tables exist with the expected shape)",
+                String::new(),
+            ),
         };
         format!(
             "-- migration {}: {verb}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\nCREATE SCHEMA IF NOT EXISTS partwarden;\n{BOOKKEEPING};\n{body}INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ({}, '{}', '{}', {});\nCOMMIT;\n",
@@ -182,7 +194,10 @@ impl Step<'_> {
 /// Migrations recorded in the database; empty when the bookkeeping table does not exist yet.
 pub async fn applied(client: &impl GenericClient) -> Result<Vec<Applied>, tokio_postgres::Error> {
     let exists: bool = client
-        .query_one("SELECT to_regclass('partwarden.schema_migrations') IS NOT NULL", &[])
+        .query_one(
+            "SELECT to_regclass('partwarden.schema_migrations') IS NOT NULL",
+            &[],
+        )
         .await?
         .get(0);
     if !exists {
@@ -206,7 +221,10 @@ pub async fn applied(client: &impl GenericClient) -> Result<Vec<Applied>, tokio_
 
 /// Reads the database and decides each pending step: apply, adopt, or refuse with the list of
 /// differences. Changes nothing.
-pub async fn steps<'a>(client: &impl GenericClient, known: &'a [Migration]) -> Result<Vec<Step<'a>>, MigrateError> {
+pub async fn steps<'a>(
+    client: &impl GenericClient,
+    known: &'a [Migration],
+) -> Result<Vec<Step<'a>>, MigrateError> {
     let applied = applied(client).await?;
     let mut steps = Vec::new();
     for m in plan(known, &applied)? {
@@ -270,7 +288,11 @@ pub async fn unlock(client: &Client) -> Result<(), tokio_postgres::Error> {
 }
 
 /// Runs one step in its own transaction under lock_timeout, with retries.
-pub async fn run_step(client: &mut Client, policy: &DdlPolicy, step: &Step<'_>) -> Result<(), MigrateError> {
+pub async fn run_step(
+    client: &mut Client,
+    policy: &DdlPolicy,
+    step: &Step<'_>,
+) -> Result<(), MigrateError> {
     let m = step.migration();
     let adopted = matches!(step, Step::Adopt(_));
     let label = format!("migration {}", m.id());
@@ -321,16 +343,24 @@ mod tests {
 
     #[test]
     fn schema_folder_and_list_agree() {
-        let mut files: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|f| f.ends_with(".sql"))
-            .collect();
+        let mut files: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/schema"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|f| f.ends_with(".sql"))
+                .collect();
         files.sort();
-        let listed: Vec<String> = MIGRATIONS.iter().map(|m| format!("{}.sql", m.id())).collect();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| format!("{}.sql", m.id()))
+            .collect();
         assert_eq!(files, listed);
         for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1, "versions are 1, 2, 3, ... in order");
+            assert_eq!(
+                m.version as usize,
+                i + 1,
+                "versions are 1, 2, 3, ... in order"
+            );
         }
     }
 
@@ -346,7 +376,10 @@ mod tests {
         let mut a = applied_of(&MIGRATIONS[0]);
         a.checksum = "0".repeat(64);
         let e = plan(MIGRATIONS, &[a]).unwrap_err().to_string();
-        assert!(e.contains("0001_odds_schema") && e.contains("edited"), "{e}");
+        assert!(
+            e.contains("0001_odds_schema") && e.contains("edited"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -357,6 +390,9 @@ mod tests {
             checksum: "x".into(),
             adopted: false,
         };
-        assert!(matches!(plan(MIGRATIONS, &[a]), Err(MigrateError::Unknown { version: 999, .. })));
+        assert!(matches!(
+            plan(MIGRATIONS, &[a]),
+            Err(MigrateError::Unknown { version: 999, .. })
+        ));
     }
 }

@@ -125,9 +125,9 @@ impl Retention {
         let s = s.trim();
         let digits = s.chars().take_while(|c| c.is_ascii_digit()).count();
         let (num, unit) = s.split_at(digits);
-        let n: u32 = num
-            .parse()
-            .map_err(|_| format!("{s:?} must be a number followed by days, weeks, months or years"))?;
+        let n: u32 = num.parse().map_err(|_| {
+            format!("{s:?} must be a number followed by days, weeks, months or years")
+        })?;
         if n == 0 {
             return Err(format!("{s:?} must be at least 1"));
         }
@@ -192,7 +192,10 @@ mod tests {
         assert_eq!(p.end, t("2026-12-01T00:00:00Z"));
         assert_eq!(Interval::Monthly.next(p.end), t("2027-01-01T00:00:00Z"));
         assert_eq!(Interval::Monthly.suffix(p.start), "_2026_11");
-        assert_eq!(Interval::Monthly.prev(t("2026-01-01T00:00:00Z")), t("2025-12-01T00:00:00Z"));
+        assert_eq!(
+            Interval::Monthly.prev(t("2026-01-01T00:00:00Z")),
+            t("2025-12-01T00:00:00Z")
+        );
     }
 
     #[test]
@@ -217,7 +220,10 @@ mod tests {
     #[test]
     fn suffix_lengths_are_bounded() {
         for i in [Interval::Daily, Interval::Weekly, Interval::Monthly] {
-            assert_eq!(i.suffix(t("2026-12-31T00:00:00Z")).len(), i.max_suffix_len());
+            assert_eq!(
+                i.suffix(t("2026-12-31T00:00:00Z")).len(),
+                i.max_suffix_len()
+            );
         }
     }
 
@@ -236,7 +242,10 @@ mod tests {
 
     #[test]
     fn literals_carry_utc_offset() {
-        assert_eq!(sql_timestamp(t("2026-12-01T00:00:00Z")), "'2026-12-01 00:00:00+00'");
+        assert_eq!(
+            sql_timestamp(t("2026-12-01T00:00:00Z")),
+            "'2026-12-01 00:00:00+00'"
+        );
         assert_eq!(
             sql_timestamp(t("2026-12-01T00:00:00.5Z")),
             "'2026-12-01 00:00:00.500000+00'"

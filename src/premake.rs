@@ -29,7 +29,10 @@ const MAX_PERIODS: usize = 5000;
 /// reason otherwise.
 pub fn check_managable(table: &TableConfig, snap: &TableSnapshot) -> Result<(), String> {
     if !snap.exists {
-        return Err(format!("table {} does not exist (run partwarden --bootstrap)", table.name));
+        return Err(format!(
+            "table {} does not exist (run partwarden --bootstrap)",
+            table.name
+        ));
     }
     if snap.relkind != Some('p') {
         return Err(format!("{} is not a partitioned table", table.name));
@@ -54,7 +57,11 @@ pub fn check_managable(table: &TableConfig, snap: &TableSnapshot) -> Result<(), 
 /// The actions that create the partitions `table` is missing at `now`, in time order.
 /// Returns an error, and plans nothing for the table, when the table cannot be managed or a
 /// partition name is taken by a relation that is not that partition.
-pub fn plan(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> Result<Vec<Action>, String> {
+pub fn plan(
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+) -> Result<Vec<Action>, String> {
     check_managable(table, snap)?;
     let interval = table.interval;
     let current = Period::containing(interval, now);
@@ -87,7 +94,11 @@ pub fn plan(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> Re
             end: interval.next(start),
         };
         start = period.end;
-        if snap.partitions.iter().any(|p| p.overlaps(period.start, period.end)) {
+        if snap
+            .partitions
+            .iter()
+            .any(|p| p.overlaps(period.start, period.end))
+        {
             continue;
         }
         let name = expected_name(table, period.start);
@@ -118,7 +129,13 @@ pub fn plan(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> Re
     Ok(actions)
 }
 
-fn create_action(table: &TableConfig, snap: &TableSnapshot, period: Period, name: &str, reason: String) -> Action {
+fn create_action(
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    period: Period,
+    name: &str,
+    reason: String,
+) -> Action {
     let parent = RelName::from(&table.name);
     let child = RelName {
         schema: parent.schema.clone(),
@@ -159,11 +176,18 @@ fn create_action(table: &TableConfig, snap: &TableSnapshot, period: Period, name
         parent.quoted(),
         child.quoted()
     ));
-    statements.push(format!("ALTER TABLE {} DROP CONSTRAINT {check}", child.quoted()));
+    statements.push(format!(
+        "ALTER TABLE {} DROP CONSTRAINT {check}",
+        child.quoted()
+    ));
     Action {
         label: format!("create partition {child}"),
         subject: child.to_string(),
-        reason: format!("{} .. {}: {reason}", period.start.to_rfc3339(), period.end.to_rfc3339()),
+        reason: format!(
+            "{} .. {}: {reason}",
+            period.start.to_rfc3339(),
+            period.end.to_rfc3339()
+        ),
         statements,
         lock_relations,
     }
@@ -214,7 +238,6 @@ pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> 
 pub fn expected_name(table: &TableConfig, start: DateTime<Utc>) -> String {
     format!("{}{}", table.name.name, table.interval.suffix(start))
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -281,7 +304,12 @@ mod tests {
 
     #[test]
     fn empty_table_gets_current_and_premake() {
-        let a = plan(&table(Interval::Monthly, 3), &snap(&[]), t("2026-11-25T20:00:00Z")).unwrap();
+        let a = plan(
+            &table(Interval::Monthly, 3),
+            &snap(&[]),
+            t("2026-11-25T20:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(
             labels(&a),
             [
@@ -301,14 +329,21 @@ mod tests {
     #[test]
     fn fills_gaps_and_respects_existing_partitions() {
         let s = snap(&[
-            ("moh_2026_08", "2026-08-01T00:00:00Z", "2026-09-01T00:00:00Z"),
+            (
+                "moh_2026_08",
+                "2026-08-01T00:00:00Z",
+                "2026-09-01T00:00:00Z",
+            ),
             // A hand-made partition with odd bounds covering part of October and November.
             ("moh_odd", "2026-10-15T00:00:00Z", "2026-11-15T00:00:00Z"),
         ]);
         let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert_eq!(
             labels(&a),
-            ["create partition public.moh_2026_09", "create partition public.moh_2026_12"]
+            [
+                "create partition public.moh_2026_09",
+                "create partition public.moh_2026_12"
+            ]
         );
         assert!(a[0].reason.contains("gap"));
     }
@@ -316,8 +351,16 @@ mod tests {
     #[test]
     fn idempotent_once_created() {
         let s = snap(&[
-            ("moh_2026_11_25", "2026-11-25T00:00:00Z", "2026-11-26T00:00:00Z"),
-            ("moh_2026_11_26", "2026-11-26T00:00:00Z", "2026-11-27T00:00:00Z"),
+            (
+                "moh_2026_11_25",
+                "2026-11-25T00:00:00Z",
+                "2026-11-26T00:00:00Z",
+            ),
+            (
+                "moh_2026_11_26",
+                "2026-11-26T00:00:00Z",
+                "2026-11-27T00:00:00Z",
+            ),
         ]);
         let a = plan(&table(Interval::Daily, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert!(a.is_empty(), "{a:?}");
@@ -328,10 +371,18 @@ mod tests {
 
     #[test]
     fn weekly_names_use_iso_weeks() {
-        let a = plan(&table(Interval::Weekly, 1), &snap(&[]), t("2027-01-01T00:00:00Z")).unwrap();
+        let a = plan(
+            &table(Interval::Weekly, 1),
+            &snap(&[]),
+            t("2027-01-01T00:00:00Z"),
+        )
+        .unwrap();
         assert_eq!(
             labels(&a),
-            ["create partition public.moh_2026_w53", "create partition public.moh_2027_w01"]
+            [
+                "create partition public.moh_2026_w53",
+                "create partition public.moh_2027_w01"
+            ]
         );
     }
 
@@ -340,12 +391,19 @@ mod tests {
         let mut s = snap(&[]);
         s.names_taken.insert("moh_2026_12".into());
         let e = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap_err();
-        assert!(e.contains("moh_2026_12") && e.contains("not a partition"), "{e}");
+        assert!(
+            e.contains("moh_2026_12") && e.contains("not a partition"),
+            "{e}"
+        );
     }
 
     #[test]
     fn default_partition_rows_are_moved() {
-        let mut s = snap(&[("moh_2026_11", "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z")]);
+        let mut s = snap(&[(
+            "moh_2026_11",
+            "2026-11-01T00:00:00Z",
+            "2026-12-01T00:00:00Z",
+        )]);
         s.partitions.push(Partition {
             name: RelName {
                 schema: "public".into(),
@@ -359,16 +417,29 @@ mod tests {
         });
         let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert_eq!(a.len(), 1);
-        assert!(a[0].statements[2].starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\""));
-        assert_eq!(runway(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).writes_fail_from, None);
+        assert!(
+            a[0].statements[2].starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\"")
+        );
+        assert_eq!(
+            runway(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).writes_fail_from,
+            None
+        );
     }
 
     #[test]
     fn refuses_a_table_partitioned_otherwise() {
         let mut s = snap(&[]);
         s.partition_key = Some("LIST (bookmaker_slug)".into());
-        assert!(plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap_err().contains("LIST"));
+        assert!(
+            plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z"))
+                .unwrap_err()
+                .contains("LIST")
+        );
         s.exists = false;
-        assert!(plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap_err().contains("does not exist"));
+        assert!(
+            plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z"))
+                .unwrap_err()
+                .contains("does not exist")
+        );
     }
 }

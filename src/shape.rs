@@ -59,8 +59,7 @@ pub const MARKET_ODDS_CURRENT: ExpectedTable = ExpectedTable {
 };
 
 /// The conflict target of the upserts, as `pg_get_indexdef` prints it.
-pub const UNIQUE_KEY_DEFINITION: &str =
-    "USING btree (event_id, bookmaker_slug, betpawa_market_id, COALESCE(line, (0)::double precision))";
+pub const UNIQUE_KEY_DEFINITION: &str = "USING btree (event_id, bookmaker_slug, betpawa_market_id, COALESCE(line, (0)::double precision))";
 
 /// `market_odds_history`.
 pub const MARKET_ODDS_HISTORY: ExpectedTable = ExpectedTable {
@@ -108,7 +107,11 @@ impl ExpectedTable {
     pub fn as_snapshot(&self) -> TableSnapshot {
         TableSnapshot {
             exists: true,
-            relkind: Some(if self.partition_key.is_some() { 'p' } else { 'r' }),
+            relkind: Some(if self.partition_key.is_some() {
+                'p'
+            } else {
+                'r'
+            }),
             partition_key: self.partition_key.map(str::to_string),
             columns: self
                 .columns
@@ -139,7 +142,9 @@ impl ExpectedTable {
         if let Some(expected) = self.partition_key {
             let actual = snap.partition_key.as_deref().unwrap_or("none");
             if actual != expected {
-                d.push(format!("{t}: partition key is {actual}, expected {expected}"));
+                d.push(format!(
+                    "{t}: partition key is {actual}, expected {expected}"
+                ));
             }
         }
         for (name, ty, not_null) in self.columns {
@@ -147,7 +152,10 @@ impl ExpectedTable {
                 None => d.push(format!("{t}.{name}: column is missing (expected {ty})")),
                 Some(c) => {
                     if c.data_type != *ty {
-                        d.push(format!("{t}.{name}: type is {}, expected {ty}", c.data_type));
+                        d.push(format!(
+                            "{t}.{name}: type is {}, expected {ty}",
+                            c.data_type
+                        ));
                     }
                     if c.not_null != *not_null {
                         d.push(format!(
@@ -161,11 +169,17 @@ impl ExpectedTable {
         }
         for c in &snap.columns {
             if !self.columns.iter().any(|(n, _, _)| *n == c.name) {
-                d.push(format!("{t}.{}: column is not expected ({})", c.name, c.data_type));
+                d.push(format!(
+                    "{t}.{}: column is not expected ({})",
+                    c.name, c.data_type
+                ));
             }
         }
         match snap.indexes.iter().find(|i| i.primary) {
-            None => d.push(format!("{t}: primary key is missing (expected {})", self.primary_key)),
+            None => d.push(format!(
+                "{t}: primary key is missing (expected {})",
+                self.primary_key
+            )),
             Some(pk) if pk.definition != self.primary_key => d.push(format!(
                 "{t}: primary key {} is {}, expected {}",
                 pk.name, pk.definition, self.primary_key
@@ -177,7 +191,10 @@ impl ExpectedTable {
                 None => d.push(format!("{t}: index {name} is missing (expected {def})")),
                 Some(i) => {
                     if i.definition != *def {
-                        d.push(format!("{t}: index {name} is {}, expected {def}", i.definition));
+                        d.push(format!(
+                            "{t}: index {name} is {}, expected {def}",
+                            i.definition
+                        ));
                     }
                     if i.unique != *unique {
                         d.push(format!(

@@ -1,0 +1,6 @@
+//! Integration tests against a real PostgreSQL (see `support.rs`). One binary, one module per
+//! concern; every test gets a database of its own named after it.
+
+mod bootstrap;
+mod cli;
+mod support;

@@ -192,10 +192,14 @@ fn unreachable_database_is_a_clear_error_without_the_password() {
 #[test]
 fn the_annotated_config_toml_loads_and_matches_the_defaults() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let annotated = partwarden::config::Config::load(&root.join("config.toml")).expect("config.toml loads");
+    let annotated =
+        partwarden::config::Config::load(&root.join("config.toml")).expect("config.toml loads");
     let dir = tempfile::tempdir().unwrap();
-    let empty = partwarden::config::Config::load(&write(dir.path(), "")).expect("an empty file loads");
+    let empty =
+        partwarden::config::Config::load(&write(dir.path(), "")).expect("an empty file loads");
     // Every default in the code is the one config.toml documents.
-    let strip = |c: &partwarden::config::Config| format!("{:?} {:?} {:?}", c.database, c.maintenance, c.tables);
+    let strip = |c: &partwarden::config::Config| {
+        format!("{:?} {:?} {:?}", c.database, c.maintenance, c.tables)
+    };
     assert_eq!(strip(&annotated), strip(&empty));
 }

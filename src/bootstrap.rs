@@ -15,8 +15,9 @@ use tokio_postgres::Client;
 use crate::catalog::{self, RelName};
 use crate::config::Config;
 use crate::db::{self, ConnectError};
-use crate::ddl::{self, DdlPolicy};
+use crate::ddl::DdlPolicy;
 use crate::migrate::{self, MIGRATIONS, MigrateError, Step};
+use crate::pass;
 use crate::premake::{self, Runway};
 
 /// How a bootstrap runs.
@@ -107,17 +108,7 @@ impl Summary {
                     t.created.join(", ")
                 )
             };
-            let runway = match &t.runway {
-                None => String::new(),
-                Some(r) => match r.writes_fail_from {
-                    None => "; runway unbounded (MAXVALUE or DEFAULT partition)".to_string(),
-                    Some(at) => format!(
-                        "; runway {} periods after the current one, writes fail from {}",
-                        r.periods_ahead,
-                        at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                    ),
-                },
-            };
+            let runway = t.runway.as_ref().map(pass::runway_text).unwrap_or_default();
             s.push_str(&format!("{}: {created}{runway}\n", t.table));
         }
         s
@@ -183,67 +174,41 @@ async fn run_locked(
     }
     for table in &config.tables {
         let rel = RelName::from(&table.name);
-        let mut ts = TableSummary {
-            table: table.name.to_string(),
-            created: Vec::new(),
-            runway: None,
-            error: None,
+        let mut tr = pass::TableReport::new(table);
+        let pass_opts = pass::Options {
+            dry_run: opts.dry_run,
+            now: opts.now,
         };
-        let mut snap = match catalog::snapshot(&*client, &rel).await {
-            Ok(s) => s,
-            Err(e) => {
-                ts.error = Some(db::error_text(&e));
-                summary.tables.push(ts);
-                continue;
-            }
-        };
-        // In a dry run on a fresh database, plan against the table the migrations would create.
-        if opts.dry_run
-            && !snap.exists
-            && let Some(t) = steps
-                .iter()
-                .filter(|s| matches!(s, Step::Apply(_)))
-                .flat_map(|s| s.migration().adopts.iter())
-                .find(|t| t.rel_name() == rel)
-        {
-            snap = t.as_snapshot();
-        }
-        let actions = match premake::plan(table, &snap, opts.now) {
-            Ok(a) => a,
-            Err(e) => {
-                ts.error = Some(e);
-                summary.tables.push(ts);
-                continue;
-            }
-        };
-        for action in &actions {
-            if opts.dry_run {
-                let _ = writeln!(out, "{}", action.to_sql(policy));
-                ts.created.push(action.subject.clone());
-                continue;
-            }
-            match ddl::execute(client, policy, action).await {
-                Ok(outcome) => {
-                    if let Some(moved) =
-                        (snap.default_partition().is_some()).then(|| outcome.rows[2])
-                    {
-                        tracing::info!(action = %action.label, rows = moved, "rows moved out of the DEFAULT partition");
-                    }
-                    ts.created.push(action.subject.clone());
+        match catalog::snapshot(&*client, &rel).await {
+            Err(e) => tr.errors.push(db::error_text(&e)),
+            Ok(mut snap) => {
+                // In a dry run on a fresh database, plan against the table the migrations
+                // would create.
+                if opts.dry_run
+                    && !snap.exists
+                    && let Some(t) = steps
+                        .iter()
+                        .filter(|s| matches!(s, Step::Apply(_)))
+                        .flat_map(|s| s.migration().adopts.iter())
+                        .find(|t| t.rel_name() == rel)
+                {
+                    snap = t.as_snapshot();
                 }
-                Err(e) => {
-                    ts.error = Some(e.to_string());
-                    break;
-                }
+                pass::premake_table(client, policy, table, &snap, pass_opts, out, &mut tr).await;
             }
         }
-        if !opts.dry_run && ts.error.is_none() {
+        if !opts.dry_run && tr.errors.is_empty() {
             match catalog::snapshot(&*client, &rel).await {
-                Ok(after) => ts.runway = Some(premake::runway(table, &after, opts.now)),
-                Err(e) => ts.error = Some(db::error_text(&e)),
+                Ok(after) => tr.runway = Some(premake::runway(table, &after, opts.now)),
+                Err(e) => tr.errors.push(db::error_text(&e)),
             }
         }
-        summary.tables.push(ts);
+        summary.tables.push(TableSummary {
+            table: tr.table,
+            created: tr.created,
+            runway: tr.runway,
+            error: (!tr.errors.is_empty()).then(|| tr.errors.join("; ")),
+        });
     }
     Ok(summary)
 }

@@ -88,6 +88,13 @@ pub struct MaintenanceConfig {
     pub schedule: String,
     /// Directory receiving archives of expired partitions.
     pub archive_dir: PathBuf,
+    /// Partitions expired per pass at most, so one pass never spends hours archiving.
+    pub max_expired_per_pass: usize,
+    /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
+    /// name, `%%` a percent sign); a table is dropped only after it exits 0 for both.
+    pub archive_command: Option<String>,
+    /// How long archive_command may run before it is killed and counted as failed.
+    pub archive_command_timeout: Duration,
 }
 
 /// What happens to a partition past its retention.
@@ -159,6 +166,9 @@ impl Default for RawDatabase {
 struct RawMaintenance {
     schedule: String,
     archive_dir: String,
+    max_expired_per_pass: i64,
+    archive_command: String,
+    archive_command_timeout: String,
 }
 
 impl Default for RawMaintenance {
@@ -166,6 +176,9 @@ impl Default for RawMaintenance {
         RawMaintenance {
             schedule: "0 */10 * * * *".into(),
             archive_dir: "/var/lib/partwarden/archive".into(),
+            max_expired_per_pass: 3,
+            archive_command: String::new(),
+            archive_command_timeout: "10m".into(),
         }
     }
 }
@@ -344,9 +357,31 @@ impl RawMaintenance {
         } else {
             base.join(dir)
         };
+        if !(1..=1000).contains(&self.max_expired_per_pass) {
+            return Err(format!(
+                "key `maintenance.max_expired_per_pass`: expected a whole number from 1 to 1000, got {}",
+                self.max_expired_per_pass
+            ));
+        }
+        let archive_command = match self.archive_command.trim() {
+            "" => None,
+            c if !c.contains("%p") && !c.contains("%f") => {
+                return Err(format!(
+                    "key `maintenance.archive_command`: expected a command using %p (the archive's path) or %f (its file name), got {c:?}"
+                ));
+            }
+            c => Some(c.to_string()),
+        };
+        let archive_command_timeout = duration(
+            "maintenance.archive_command_timeout",
+            &self.archive_command_timeout,
+        )?;
         Ok(MaintenanceConfig {
             schedule: self.schedule,
             archive_dir,
+            max_expired_per_pass: self.max_expired_per_pass as usize,
+            archive_command,
+            archive_command_timeout,
         })
     }
 }

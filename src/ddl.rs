@@ -22,8 +22,6 @@ use crate::db::error_text;
 pub struct Action {
     /// Short label for logs and summaries: `create partition public.market_odds_history_2026_12`.
     pub label: String,
-    /// The relation the action creates or changes, `schema.name`, for summaries.
-    pub subject: String,
     /// Why the planner wants it, printed by `--dry-run`.
     pub reason: String,
     /// The statements, in order; every identifier quoted, every value computed by partwarden.
@@ -163,12 +161,16 @@ pub struct Outcome {
 /// Runs `action` in its own transaction under the policy's lock_timeout, retrying lock
 /// timeouts. Returns an error when a statement fails, or when lock timeouts persist for
 /// `retry_for`; the transaction is then rolled back and nothing of the action remains.
+/// When `record` is given, the event is written to the ledger inside the same transaction, with
+/// the rows the statements reported, so the ledger and the catalog cannot disagree.
 pub async fn execute(
     client: &mut Client,
     policy: &DdlPolicy,
     action: &Action,
+    record: Option<&crate::ledger::Event<'_>>,
 ) -> Result<Outcome, DdlError> {
     let statements = &action.statements;
+    let started_at = chrono::Utc::now();
     let (rows, attempts, elapsed) = with_lock_retry(
         client,
         policy,
@@ -182,6 +184,15 @@ pub async fn execute(
                         .await
                         .map_err(|e| (st.clone(), e))?,
                 );
+            }
+            if let Some(event) = record {
+                let outcome = crate::ledger::Outcome {
+                    rows: Some(rows.iter().sum::<u64>() as i64),
+                    ..Default::default()
+                };
+                crate::ledger::record(tx, event, started_at, &outcome)
+                    .await
+                    .map_err(|e| ("INSERT INTO partwarden.partition_events".to_string(), e))?;
             }
             Ok(rows)
         },

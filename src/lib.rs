@@ -16,14 +16,21 @@
 //! - [`ddl`]: the executor: every DDL action in its own transaction under lock_timeout, retried.
 //! - [`bootstrap`]: `--bootstrap`, tying the above together.
 
+pub mod archive;
 pub mod bootstrap;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod copyfmt;
 pub mod db;
 pub mod ddl;
+pub mod expiry;
+pub mod fault;
 pub mod ident;
+pub mod ledger;
 pub mod migrate;
+pub mod pass;
 pub mod period;
 pub mod premake;
+pub mod restore;
 pub mod shape;

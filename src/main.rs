@@ -5,9 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use partwarden::bootstrap;
 use partwarden::cli::{Args, Format, Mode};
 use partwarden::config::Config;
+use partwarden::{bootstrap, pass, restore};
 
 /// Success.
 const EXIT_OK: u8 = 0;
@@ -22,15 +22,14 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     let mode = args.mode();
-    let flag = match &mode {
-        Mode::Bootstrap => None,
+    if let Some(flag) = match &mode {
         Mode::Check => Some("--check"),
-        Mode::RunOnce => Some("--run-once"),
-        Mode::Restore(_) => Some("--restore"),
         Mode::Daemon => Some("the daemon (no mode flag)"),
-    };
-    if let Some(flag) = flag {
-        eprintln!("partwarden: {flag} is not implemented in this version yet; use --bootstrap");
+        _ => None,
+    } {
+        eprintln!(
+            "partwarden: {flag} is not implemented in this version yet; use --bootstrap, --run-once or --restore"
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     let config = match Config::load(&args.config) {
@@ -40,7 +39,8 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -50,27 +50,65 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let opts = bootstrap::Options {
-        dry_run: args.dry_run,
-        now: args.now(),
-    };
     let mut stdout = std::io::stdout().lock();
-    match runtime.block_on(bootstrap::run(&config, opts, &mut stdout)) {
-        Ok(summary) => {
-            let text = match args.format {
-                Format::Text => summary.to_text(),
-                Format::Json => {
-                    serde_json::to_string_pretty(&summary).expect("summary serialises") + "\n"
+    let code = runtime.block_on(async {
+        match mode {
+            Mode::Bootstrap => {
+                let opts = bootstrap::Options {
+                    dry_run: args.dry_run,
+                    now: args.now(),
+                };
+                match bootstrap::run(&config, opts, &mut stdout).await {
+                    Ok(summary) => {
+                        print(&mut stdout, args.format, &summary, summary.to_text());
+                        if summary.ok() { EXIT_OK } else { EXIT_FAILED }
+                    }
+                    Err(e) => {
+                        eprintln!("partwarden: bootstrap failed: {e}");
+                        EXIT_FAILED
+                    }
                 }
-            };
-            let _ = stdout.write_all(text.as_bytes());
-            ExitCode::from(if summary.ok() { EXIT_OK } else { EXIT_FAILED })
+            }
+            Mode::RunOnce => {
+                let opts = pass::Options {
+                    dry_run: args.dry_run,
+                    now: args.now(),
+                };
+                match pass::run_once(&config, opts, &mut stdout).await {
+                    Ok(report) => {
+                        print(&mut stdout, args.format, &report, report.to_text());
+                        if report.ok() { EXIT_OK } else { EXIT_FAILED }
+                    }
+                    Err(e) => {
+                        eprintln!("partwarden: maintenance pass failed: {e}");
+                        EXIT_FAILED
+                    }
+                }
+            }
+            Mode::Restore(manifest) => {
+                match restore::run(&config, &manifest, args.dry_run, &mut stdout).await {
+                    Ok(outcome) => {
+                        print(&mut stdout, args.format, &outcome, outcome.to_text());
+                        EXIT_OK
+                    }
+                    Err(e) => {
+                        eprintln!("partwarden: restore failed: {e}");
+                        EXIT_FAILED
+                    }
+                }
+            }
+            Mode::Check | Mode::Daemon => unreachable!("refused above"),
         }
-        Err(e) => {
-            eprintln!("partwarden: bootstrap failed: {e}");
-            ExitCode::from(EXIT_FAILED)
-        }
-    }
+    });
+    ExitCode::from(code)
+}
+
+fn print<T: serde::Serialize>(out: &mut impl Write, format: Format, value: &T, text: String) {
+    let text = match format {
+        Format::Text => text,
+        Format::Json => serde_json::to_string_pretty(value).expect("reports serialise") + "\n",
+    };
+    let _ = out.write_all(text.as_bytes());
 }
 
 /// Human-readable logs on stderr, filtered by `RUST_LOG` (default `info`).

@@ -29,12 +29,20 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A unit test checks that this list and `schema/` agree.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "odds_schema",
-    sql: include_str!("../schema/0001_odds_schema.sql"),
-    adopts: shape::ODDS_TABLES,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "odds_schema",
+        sql: include_str!("../schema/0001_odds_schema.sql"),
+        adopts: shape::ODDS_TABLES,
+    },
+    Migration {
+        version: 2,
+        name: "partition_events",
+        sql: include_str!("../schema/0002_partition_events.sql"),
+        adopts: &[],
+    },
+];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").
 pub const BOOTSTRAP_LOCK_KEY: i64 = 0x7077_626f_6f74_7374;

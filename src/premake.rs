@@ -2,7 +2,8 @@
 //!
 //! Pure: a catalog snapshot, the table's configuration and the clock in; [`Action`]s out. The
 //! partitions a table needs are the current period, `premake` periods after it, and every
-//! period between its earliest partition and now (a hole there means failed writes). Periods
+//! period between its earliest partition and now (a hole there means failed writes) that is
+//! not already past its retention. Periods
 //! come from the clock, never from the newest row, so a quiet table still gets its partitions.
 //!
 //! Each partition is made with the low-lock recipe: create it standalone, add a CHECK that
@@ -54,14 +55,25 @@ pub fn check_managable(table: &TableConfig, snap: &TableSnapshot) -> Result<(), 
     Ok(())
 }
 
-/// The actions that create the partitions `table` is missing at `now`, in time order.
+/// One partition to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Create {
+    /// Its name.
+    pub partition: RelName,
+    /// Its range.
+    pub period: Period,
+    /// The statements that create and attach it.
+    pub action: Action,
+}
+
+/// The partitions `table` is missing at `now`, in time order, with the actions that make them.
 /// Returns an error, and plans nothing for the table, when the table cannot be managed or a
 /// partition name is taken by a relation that is not that partition.
 pub fn plan(
     table: &TableConfig,
     snap: &TableSnapshot,
     now: DateTime<Utc>,
-) -> Result<Vec<Action>, String> {
+) -> Result<Vec<Create>, String> {
     check_managable(table, snap)?;
     let interval = table.interval;
     let current = Period::containing(interval, now);
@@ -101,6 +113,10 @@ pub fn plan(
         {
             continue;
         }
+        // A hole older than the retention would only be expired again.
+        if crate::expiry::is_expired(table, Some(period.end), now) {
+            continue;
+        }
         let name = expected_name(table, period.start);
         if snap.names_taken.contains(&name) {
             let what = match snap.partitions.iter().find(|p| p.name.name == name) {
@@ -124,7 +140,15 @@ pub fn plan(
                 table.premake
             )
         };
-        actions.push(create_action(table, snap, period, &name, reason));
+        let action = create_action(table, snap, period, &name, reason);
+        actions.push(Create {
+            partition: RelName {
+                schema: table.name.schema.to_string(),
+                name,
+            },
+            period,
+            action,
+        });
     }
     Ok(actions)
 }
@@ -182,7 +206,6 @@ fn create_action(
     ));
     Action {
         label: format!("create partition {child}"),
-        subject: child.to_string(),
         reason: format!(
             "{} .. {}: {reason}",
             period.start.to_rfc3339(),
@@ -298,8 +321,8 @@ mod tests {
         }
     }
 
-    fn labels(actions: &[Action]) -> Vec<String> {
-        actions.iter().map(|a| a.label.clone()).collect()
+    fn labels(creates: &[Create]) -> Vec<String> {
+        creates.iter().map(|c| c.action.label.clone()).collect()
     }
 
     #[test]
@@ -320,10 +343,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            a[1].statements[2],
+            a[1].action.statements[2],
             "ALTER TABLE \"public\".\"moh\" ATTACH PARTITION \"public\".\"moh_2026_12\" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00')"
         );
-        assert_eq!(a[1].statements.len(), 4);
+        assert_eq!(a[1].action.statements.len(), 4);
     }
 
     #[test]
@@ -345,7 +368,22 @@ mod tests {
                 "create partition public.moh_2026_12"
             ]
         );
-        assert!(a[0].reason.contains("gap"));
+        assert!(a[0].action.reason.contains("gap"));
+    }
+
+    #[test]
+    fn does_not_fill_holes_older_than_the_retention() {
+        let s = snap(&[(
+            "moh_2026_01",
+            "2026-01-01T00:00:00Z",
+            "2026-02-01T00:00:00Z",
+        )]);
+        let mut t6 = table(Interval::Monthly, 1);
+        t6.retention = Some(crate::period::Retention::Months(6));
+        let a = plan(&t6, &s, t("2026-11-25T20:00:00Z")).unwrap();
+        // Cut-off 2026-05-25: May (ends June 1) is the first period still within retention.
+        assert_eq!(a[0].action.label, "create partition public.moh_2026_05");
+        assert_eq!(a.len(), 8);
     }
 
     #[test]
@@ -418,7 +456,8 @@ mod tests {
         let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert_eq!(a.len(), 1);
         assert!(
-            a[0].statements[2].starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\"")
+            a[0].action.statements[2]
+                .starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\"")
         );
         assert_eq!(
             runway(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).writes_fail_from,

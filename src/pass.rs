@@ -1,0 +1,942 @@
+//! One maintenance pass: finish interrupted work, create partitions ahead, expire old ones.
+//!
+//! Run by `--run-once` and by the daemon. A pass holds the pass advisory lock, so two passes
+//! (two hosts, or `--run-once` beside the daemon) never work on the same tables at once. It
+//! runs in phases over all tables: first premake (so a slow expiry can never delay next
+//! month's partition), then expiries. Every step is its own transaction or its own ledger
+//! event; a failing step is reported and the rest of the pass still runs.
+//!
+//! An expiry goes: detach (CONCURRENTLY when the table has no DEFAULT partition, bounded by
+//! statement_timeout; plain DETACH under lock_timeout otherwise) → archive (write, then read
+//! back and verify against `count(*)`) → archive_command, if configured → drop (in one
+//! transaction that locks the detached table, checks its count still equals the archive's, and
+//! records the drop). `on_expiry = "detach"` moves the table to `partwarden_archive` instead;
+//! `on_expiry = "drop"` drops without an archive.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::{Client, Transaction};
+
+use crate::archive::{self, Manifest};
+use crate::catalog::{self, RelName, TableSnapshot};
+use crate::config::{Config, OnExpiry, TableConfig};
+use crate::db::{self, ConnectError, error_text};
+use crate::ddl::{self, DdlPolicy};
+use crate::expiry::{self, Start, Task, Unfinished};
+use crate::fault;
+use crate::ledger::{self, Event, Step};
+use crate::migrate::{self, MIGRATIONS};
+use crate::premake::{self, Runway};
+
+/// Held (session-level) by whoever runs passes: `--run-once`, or the daemon's leader. The bytes
+/// of "pwpass__".
+pub const PASS_LOCK_KEY: i64 = 0x7077_7061_7373_5f5f;
+
+/// Schema that receives tables expired with `on_expiry = "detach"` and restored archives whose
+/// range is no longer free.
+pub const ARCHIVE_SCHEMA: &str = "partwarden_archive";
+
+/// How a pass runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// The clock.
+    pub now: DateTime<Utc>,
+}
+
+/// What a pass did to one table.
+#[derive(Debug, Default, Serialize)]
+pub struct TableReport {
+    /// `schema.table`.
+    pub table: String,
+    /// Partitions created (or, in a dry run, planned).
+    pub created: Vec<String>,
+    /// Partitions whose expiry completed (dropped or moved).
+    pub expired: Vec<String>,
+    /// Bytes of archives written.
+    pub archived_bytes: u64,
+    /// Coverage after the pass (not in a dry run).
+    pub runway: Option<Runway>,
+    /// Steps that failed, one line each.
+    pub errors: Vec<String>,
+    /// Things seen and left alone.
+    pub notes: Vec<String>,
+}
+
+/// What a pass did.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+    /// One per configured table.
+    pub tables: Vec<TableReport>,
+}
+
+impl Report {
+    /// Whether every step succeeded.
+    pub fn ok(&self) -> bool {
+        self.tables.iter().all(|t| t.errors.is_empty())
+    }
+
+    /// One line per table, then its errors and notes.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        for t in &self.tables {
+            s.push_str(&t.summary_line(self.dry_run));
+            s.push('\n');
+            for e in &t.errors {
+                s.push_str(&format!("  error: {e}\n"));
+            }
+            for n in &t.notes {
+                s.push_str(&format!("  note: {n}\n"));
+            }
+        }
+        s
+    }
+}
+
+impl TableReport {
+    /// An empty report for `table`.
+    pub fn new(table: &TableConfig) -> TableReport {
+        TableReport {
+            table: table.name.to_string(),
+            ..TableReport::default()
+        }
+    }
+
+    /// `public.t: created 1, expired 1 (archived 1.2 MiB); runway ...`.
+    pub fn summary_line(&self, dry_run: bool) -> String {
+        let would = if dry_run { "would be " } else { "" };
+        let list = |v: &Vec<String>| {
+            if v.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", v.join(", "))
+            }
+        };
+        let mut s = format!(
+            "{}: {}created {}{}, {}expired {}{}",
+            self.table,
+            would,
+            self.created.len(),
+            list(&self.created),
+            would,
+            self.expired.len(),
+            list(&self.expired)
+        );
+        if self.archived_bytes > 0 {
+            s.push_str(&format!(", archived {}", human_bytes(self.archived_bytes)));
+        }
+        if let Some(r) = &self.runway {
+            s.push_str(&runway_text(r));
+        }
+        if !self.errors.is_empty() {
+            s.push_str(&format!("; {} FAILED", self.errors.len()));
+        }
+        s
+    }
+}
+
+/// `; runway N periods after the current one, writes fail from T`.
+pub fn runway_text(r: &Runway) -> String {
+    match r.writes_fail_from {
+        None => "; runway unbounded (MAXVALUE or DEFAULT partition)".to_string(),
+        Some(at) => format!(
+            "; runway {} periods after the current one, writes fail from {}",
+            r.periods_ahead,
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
+/// Why a pass could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The schema is behind this binary.
+    #[error("the database schema is not current (pending: {0}); run partwarden --bootstrap first")]
+    SchemaBehind(String),
+    /// Migrations are in a state this binary refuses.
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    /// Another pass holds the lock.
+    #[error(
+        "another partwarden pass is running (advisory lock {PASS_LOCK_KEY} held by pid {0}); try again later"
+    )]
+    Busy(i32),
+    /// A query failed.
+    #[error("{}", error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Checks that every migration this binary knows is applied (and none was edited).
+pub async fn require_current_schema(client: &Client) -> Result<(), PassError> {
+    let applied = migrate::applied(client).await?;
+    let pending = migrate::plan(MIGRATIONS, &applied)?;
+    if !pending.is_empty() {
+        return Err(PassError::SchemaBehind(
+            pending
+                .iter()
+                .map(|m| m.id())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    Ok(())
+}
+
+/// Tries the pass lock on this session. Returns the holder's pid when another session has it.
+pub async fn try_lock(client: &Client) -> Result<Result<(), i32>, tokio_postgres::Error> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&PASS_LOCK_KEY])
+        .await?
+        .get(0);
+    if got {
+        return Ok(Ok(()));
+    }
+    let holder: Option<i32> = client
+        .query_one(
+            "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND (classid::bigint << 32 | objid::bigint) = $1",
+            &[&PASS_LOCK_KEY],
+        )
+        .await?
+        .get(0);
+    Ok(Err(holder.unwrap_or(0)))
+}
+
+/// `--run-once`: connect, check the schema, take the pass lock, run one pass.
+pub async fn run_once(
+    config: &Config,
+    opts: Options,
+    out: &mut dyn Write,
+) -> Result<Report, PassError> {
+    let mut client = db::connect(&config.database).await?;
+    require_current_schema(&client).await?;
+    if !opts.dry_run
+        && let Err(pid) = try_lock(&client).await?
+    {
+        return Err(PassError::Busy(pid));
+    }
+    Ok(run(&mut client, config, opts, out).await)
+}
+
+/// One pass over every configured table, on a session that holds the pass lock (or, in a dry
+/// run, any session). Never fails as a whole: failures are in the report.
+pub async fn run(
+    client: &mut Client,
+    config: &Config,
+    opts: Options,
+    out: &mut dyn Write,
+) -> Report {
+    let policy = DdlPolicy::from_config(&config.database);
+    let mut report = Report {
+        dry_run: opts.dry_run,
+        tables: config.tables.iter().map(TableReport::new).collect(),
+    };
+    let started_at = Utc::now();
+    // Phase 1: partitions ahead, for every table, before any expiry can take time.
+    let mut managable = vec![false; config.tables.len()];
+    for (i, table) in config.tables.iter().enumerate() {
+        let tr = &mut report.tables[i];
+        match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
+            Ok(snap) => {
+                managable[i] = premake_table(client, &policy, table, &snap, opts, out, tr).await;
+            }
+            Err(e) => tr
+                .errors
+                .push(format!("reading the catalog: {}", error_text(&e))),
+        }
+    }
+    // Phase 2: expiries.
+    for (i, table) in config.tables.iter().enumerate() {
+        if managable[i] {
+            expire_table(
+                client,
+                config,
+                &policy,
+                table,
+                opts,
+                out,
+                &mut report.tables[i],
+            )
+            .await;
+        }
+    }
+    if !opts.dry_run {
+        for (i, table) in config.tables.iter().enumerate() {
+            let tr = &mut report.tables[i];
+            match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
+                Ok(snap) if snap.exists => {
+                    tr.runway = Some(premake::runway(table, &snap, opts.now))
+                }
+                Ok(_) => {}
+                Err(e) => tr
+                    .errors
+                    .push(format!("reading the catalog: {}", error_text(&e))),
+            }
+            let event = Event {
+                table: &RelName::from(&table.name),
+                partition: None,
+                lower: None,
+                upper: None,
+                step: Step::Pass,
+            };
+            let outcome = ledger::Outcome {
+                rows: Some((tr.created.len() + tr.expired.len()) as i64),
+                error: (!tr.errors.is_empty()).then(|| tr.errors.join("; ")),
+                ..Default::default()
+            };
+            if let Err(e) = ledger::record(&*client, &event, started_at, &outcome).await {
+                tr.errors.push(format!(
+                    "recording the pass in the ledger: {}",
+                    error_text(&e)
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// Creates the partitions `table` needs. Returns whether the table can be managed at all.
+pub async fn premake_table(
+    client: &mut Client,
+    policy: &DdlPolicy,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    opts: Options,
+    out: &mut dyn Write,
+    tr: &mut TableReport,
+) -> bool {
+    let creates = match premake::plan(table, snap, opts.now) {
+        Ok(c) => c,
+        Err(e) => {
+            tr.errors.push(e);
+            return false;
+        }
+    };
+    let parent = RelName::from(&table.name);
+    for c in &creates {
+        if opts.dry_run {
+            let _ = writeln!(out, "{}", c.action.to_sql(policy));
+            tr.created.push(c.partition.to_string());
+            continue;
+        }
+        let event = Event {
+            table: &parent,
+            partition: Some(&c.partition),
+            lower: Some(c.period.start),
+            upper: Some(c.period.end),
+            step: Step::Create,
+        };
+        match ddl::execute(client, policy, &c.action, Some(&event)).await {
+            Ok(outcome) => {
+                let moved: u64 = outcome.rows.iter().sum();
+                if moved > 0 {
+                    tracing::info!(partition = %c.partition, rows = moved, "rows moved out of the DEFAULT partition");
+                }
+                tr.created.push(c.partition.to_string());
+            }
+            Err(e) => {
+                // Later periods depend on nothing here, but a failure usually means the same
+                // lock is in the way: stop for this table and let the next pass retry.
+                tr.errors.push(e.to_string());
+                break;
+            }
+        }
+    }
+    true
+}
+
+async fn expire_table(
+    client: &mut Client,
+    config: &Config,
+    policy: &DdlPolicy,
+    table: &TableConfig,
+    opts: Options,
+    out: &mut dyn Write,
+    tr: &mut TableReport,
+) {
+    let parent = RelName::from(&table.name);
+    let gathered = async {
+        let snap = catalog::snapshot(&*client, &parent).await?;
+        let mut unfinished = Vec::new();
+        for l in ledger::in_flight(&*client, &parent).await? {
+            let exists: bool = client
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&l.partition.quoted()],
+                )
+                .await?
+                .get(0);
+            unfinished.push(Unfinished { ledger: l, exists });
+        }
+        Ok::<_, tokio_postgres::Error>((snap, unfinished))
+    }
+    .await;
+    let (snap, unfinished) = match gathered {
+        Ok(v) => v,
+        Err(e) => {
+            tr.errors.push(format!(
+                "reading the catalog and ledger: {}",
+                error_text(&e)
+            ));
+            return;
+        }
+    };
+    let plan = expiry::plan(
+        table,
+        &snap,
+        &unfinished,
+        opts.now,
+        config.maintenance.max_expired_per_pass,
+    );
+    tr.notes.extend(plan.notes);
+    let has_default = snap.default_partition().is_some();
+    for task in &plan.tasks {
+        if opts.dry_run {
+            let _ = writeln!(
+                out,
+                "{}",
+                describe_expiry(config, policy, table, task, has_default)
+            );
+            tr.expired.push(task.partition.to_string());
+            continue;
+        }
+        let expiring = Expiring {
+            config,
+            policy,
+            table,
+            parent: &parent,
+            task,
+        };
+        match expiring.run(client, has_default).await {
+            Ok(bytes) => {
+                tr.archived_bytes += bytes;
+                tr.expired.push(task.partition.to_string());
+            }
+            Err(e) => {
+                tracing::error!(partition = %task.partition, error = %e, "expiry step failed");
+                tr.errors.push(format!("{}: {e}", task.partition));
+            }
+        }
+    }
+}
+
+/// The `--dry-run` text of one expiry.
+fn describe_expiry(
+    config: &Config,
+    policy: &DdlPolicy,
+    table: &TableConfig,
+    task: &Task,
+    has_default: bool,
+) -> String {
+    let parent = RelName::from(&table.name);
+    let p = task.partition.quoted();
+    let mut s = format!("-- expire {}: {}\n", task.partition, task.reason);
+    match task.start {
+        Start::Attached if has_default => s.push_str(&format!(
+            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nALTER TABLE {} DETACH PARTITION {p};\nCOMMIT;\n",
+            policy.lock_timeout.as_millis(),
+            parent.quoted()
+        )),
+        Start::Attached => s.push_str(&format!(
+            "SET lock_timeout = 0; -- bounded by statement_timeout ({}s) instead\nALTER TABLE {} DETACH PARTITION {p} CONCURRENTLY;\nRESET lock_timeout;\n",
+            config.database.statement_timeout.as_secs(),
+            parent.quoted()
+        )),
+        Start::PendingDetach => s.push_str(&format!(
+            "BEGIN;\nSET LOCAL lock_timeout = 0;\nALTER TABLE {} DETACH PARTITION {p} FINALIZE;\nCOMMIT;\n",
+            parent.quoted()
+        )),
+        Start::Detached => s.push_str("-- already detached\n"),
+        Start::Vanished => {
+            s.push_str("-- the table no longer exists; the ledger records that it vanished\n");
+            return s;
+        }
+    }
+    match table.on_expiry {
+        OnExpiry::Archive => {
+            let paths = archive::paths(&config.maintenance.archive_dir, &parent, &task.partition);
+            s.push_str(&format!(
+                "COPY {p} TO STDOUT (FORMAT binary); -- zstd into {} with manifest {}, read back, SHA-256 and count(*) verified\n",
+                paths.data.display(),
+                paths.manifest.display()
+            ));
+            if let Some(cmd) = &config.maintenance.archive_command {
+                s.push_str(&format!("-- archive_command for both files: {cmd}\n"));
+            }
+            s.push_str(&format!(
+                "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nLOCK TABLE {p} IN ACCESS EXCLUSIVE MODE;\nSELECT count(*) FROM {p}; -- must equal the archive's rows\nDROP TABLE {p};\nCOMMIT;\n",
+                policy.lock_timeout.as_millis()
+            ));
+        }
+        OnExpiry::Detach => s.push_str(&format!(
+            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nCREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA};\nALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA};\nCOMMIT;\n",
+            policy.lock_timeout.as_millis()
+        )),
+        OnExpiry::Drop => s.push_str(&format!(
+            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nDROP TABLE {p};\nCOMMIT;\n",
+            policy.lock_timeout.as_millis()
+        )),
+    }
+    s
+}
+
+/// One expiry in progress.
+struct Expiring<'a> {
+    config: &'a Config,
+    policy: &'a DdlPolicy,
+    table: &'a TableConfig,
+    parent: &'a RelName,
+    task: &'a Task,
+}
+
+impl Expiring<'_> {
+    fn event(&self, step: Step) -> Event<'_> {
+        Event {
+            table: self.parent,
+            partition: Some(&self.task.partition),
+            lower: self.task.lower,
+            upper: self.task.upper,
+            step,
+        }
+    }
+
+    /// Runs the expiry from where it stands. Returns archive bytes written.
+    async fn run(&self, client: &mut Client, has_default: bool) -> Result<u64, String> {
+        match self.task.start {
+            Start::Attached if has_default => self.detach_plain(client).await?,
+            Start::Attached => self.detach_concurrently(client).await?,
+            Start::PendingDetach => self.finalize(client).await?,
+            Start::Detached => {}
+            Start::Vanished => {
+                let outcome = ledger::Outcome {
+                    error: Some(
+                        "the table no longer exists; it was not dropped by partwarden".into(),
+                    ),
+                    ..Default::default()
+                };
+                ledger::record(&*client, &self.event(Step::Drop), Utc::now(), &outcome)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                return Err("detached earlier, but the table no longer exists (dropped by someone else?); recorded in the ledger, nothing left to do".into());
+            }
+        }
+        fault::point("after_detach");
+        match self.table.on_expiry {
+            OnExpiry::Drop => {
+                self.drop(client, None, None).await?;
+                Ok(0)
+            }
+            OnExpiry::Detach => {
+                self.move_to_archive_schema(client).await?;
+                Ok(0)
+            }
+            OnExpiry::Archive => self.archive_and_drop(client).await,
+        }
+    }
+
+    async fn detach_concurrently(&self, client: &mut Client) -> Result<(), String> {
+        let id = ledger::start(&*client, &self.event(Step::Detach))
+            .await
+            .map_err(|e| error_text(&e))?;
+        let sql = format!(
+            "ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY",
+            self.parent.quoted(),
+            self.task.partition.quoted()
+        );
+        // Its wait for older transactions does not block writers, so it runs without the short
+        // lock_timeout (which would cancel it half way and leave it pending), bounded by
+        // statement_timeout instead.
+        let result = async {
+            client.batch_execute("SET lock_timeout = 0").await?;
+            let r = client.batch_execute(&sql).await;
+            client.batch_execute("RESET lock_timeout").await?;
+            r
+        }
+        .await;
+        let outcome = ledger::Outcome {
+            error: result.as_ref().err().map(error_text),
+            ..Default::default()
+        };
+        ledger::finish(&*client, id, &outcome)
+            .await
+            .map_err(|e| error_text(&e))?;
+        result.map_err(|e| {
+            format!(
+                "DETACH CONCURRENTLY: {} (if it was interrupted, the partition is pending detach and the next pass finalizes it)",
+                error_text(&e)
+            )
+        })?;
+        tracing::info!(partition = %self.task.partition, "detached concurrently");
+        Ok(())
+    }
+
+    async fn detach_plain(&self, client: &mut Client) -> Result<(), String> {
+        let sql = format!(
+            "ALTER TABLE {} DETACH PARTITION {}",
+            self.parent.quoted(),
+            self.task.partition.quoted()
+        );
+        self.transaction(client, self.policy, "detach", Step::Detach, &[sql], None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn finalize(&self, client: &mut Client) -> Result<(), String> {
+        // FINALIZE waits for transactions older than the detach like the detach itself; it
+        // holds no lock writers need, so it gets statement_timeout rather than lock_timeout.
+        let long = DdlPolicy {
+            lock_timeout: self.config.database.statement_timeout,
+            retry_for: Duration::ZERO,
+        };
+        let sql = format!(
+            "ALTER TABLE {} DETACH PARTITION {} FINALIZE",
+            self.parent.quoted(),
+            self.task.partition.quoted()
+        );
+        self.transaction(
+            client,
+            &long,
+            "finalize detach",
+            Step::Finalize,
+            &[sql],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn move_to_archive_schema(&self, client: &mut Client) -> Result<(), String> {
+        let p = self.task.partition.quoted();
+        let statements = [
+            format!("CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA}"),
+            format!("ALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA}"),
+        ];
+        self.transaction(client, self.policy, "move", Step::Move, &statements, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs `statements` in one transaction with the ledger event, under `policy`.
+    async fn transaction(
+        &self,
+        client: &mut Client,
+        policy: &DdlPolicy,
+        what: &str,
+        step: Step,
+        statements: &[String],
+        outcome: Option<&ledger::Outcome>,
+    ) -> Result<(), String> {
+        let started_at = Utc::now();
+        let event = self.event(step);
+        let label = format!("{what} {}", self.task.partition);
+        let default_outcome = ledger::Outcome::default();
+        let outcome = outcome.unwrap_or(&default_outcome);
+        ddl::with_lock_retry(
+            client,
+            policy,
+            &label,
+            &[self.parent.quoted(), self.task.partition.quoted()],
+            async |tx: &Transaction<'_>| {
+                for st in statements {
+                    tx.execute(st.as_str(), &[])
+                        .await
+                        .map_err(|e| (st.clone(), e))?;
+                }
+                ledger::record(tx, &event, started_at, outcome)
+                    .await
+                    .map_err(|e| ("INSERT INTO partwarden.partition_events".to_string(), e))
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(partition = %self.task.partition, step = step.as_str(), "committed");
+        Ok(())
+    }
+
+    async fn archive_and_drop(&self, client: &mut Client) -> Result<u64, String> {
+        let paths = archive::paths(
+            &self.config.maintenance.archive_dir,
+            self.parent,
+            &self.task.partition,
+        );
+        let mut written = 0;
+        // A complete archive from a pass that stopped after writing it is reused, never
+        // written again under another name.
+        let mut manifest: Option<Manifest> = None;
+        if paths.manifest.exists() {
+            let started_at = Utc::now();
+            match archive::verify(&*client, &paths, &self.task.partition).await {
+                Ok(m) => {
+                    let outcome = archive_outcome(&paths.data, &m);
+                    ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome)
+                        .await
+                        .map_err(|e| error_text(&e))?;
+                    manifest = Some(m);
+                }
+                Err(e) => {
+                    tracing::warn!(partition = %self.task.partition, error = %e, "existing archive does not verify; writing it again");
+                }
+            }
+        }
+        let manifest = match manifest {
+            Some(m) => m,
+            None => {
+                let src = archive::Source {
+                    table: self.parent,
+                    partition: &self.task.partition,
+                    lower: self.task.lower,
+                    upper: self.task.upper,
+                    key: self.table.partition_key.as_str(),
+                };
+                let id = ledger::start(&*client, &self.event(Step::Archive))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let result = archive::write(client, &src, &paths).await;
+                let outcome = match &result {
+                    Ok(m) => archive_outcome(&paths.data, m),
+                    Err(e) => ledger::Outcome {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                };
+                ledger::finish(&*client, id, &outcome)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let m = result.map_err(|e| {
+                    format!("archive failed, the table stays detached and intact: {e}")
+                })?;
+                written = m.compressed_bytes;
+                fault::point("after_archive");
+
+                let id = ledger::start(&*client, &self.event(Step::Verify))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let result = archive::verify(&*client, &paths, &self.task.partition).await;
+                let outcome = match &result {
+                    Ok(m) => archive_outcome(&paths.data, m),
+                    Err(e) => ledger::Outcome {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                };
+                ledger::finish(&*client, id, &outcome)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                result.map_err(|e| {
+                    format!("archive did not verify, the table stays detached and intact: {e}")
+                })?
+            }
+        };
+        fault::point("after_verify");
+
+        if let Some(cmd) = &self.config.maintenance.archive_command {
+            let shipped = ledger::finished_since_detach(
+                &*client,
+                self.parent,
+                &self.task.partition,
+                Step::Ship,
+                Some(&manifest.sha256),
+            )
+            .await
+            .map_err(|e| error_text(&e))?;
+            if !shipped {
+                let id = ledger::start(&*client, &self.event(Step::Ship))
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                let timeout = self.config.maintenance.archive_command_timeout;
+                let mut result = run_archive_command(cmd, &paths.data, timeout).await;
+                if result.is_ok() {
+                    result = run_archive_command(cmd, &paths.manifest, timeout).await;
+                }
+                let mut outcome = archive_outcome(&paths.data, &manifest);
+                outcome.error = result.as_ref().err().cloned();
+                ledger::finish(&*client, id, &outcome)
+                    .await
+                    .map_err(|e| error_text(&e))?;
+                result.map_err(|e| format!("archive_command failed, the table stays detached and is retried next pass: {e}"))?;
+            }
+        }
+        fault::point("after_ship");
+        self.drop(
+            client,
+            Some(manifest.rows),
+            Some(archive_outcome(&paths.data, &manifest)),
+        )
+        .await?;
+        Ok(written)
+    }
+
+    /// Drops the detached table in one transaction that first locks it and, when the archive's
+    /// row count is given, checks the table still holds exactly that many rows.
+    async fn drop(
+        &self,
+        client: &mut Client,
+        expected_rows: Option<u64>,
+        outcome: Option<ledger::Outcome>,
+    ) -> Result<(), String> {
+        let p = self.task.partition.quoted();
+        let started_at = Utc::now();
+        let event = self.event(Step::Drop);
+        let label = format!("drop {}", self.task.partition);
+        let lock = format!("LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE");
+        let count = format!("SELECT count(*) FROM {p}");
+        let drop = format!("DROP TABLE {p}");
+        let base = outcome.unwrap_or_default();
+        let checked = ddl::with_lock_retry(
+            client,
+            self.policy,
+            &label,
+            &[p.clone()],
+            async |tx: &Transaction<'_>| {
+                tx.execute(lock.as_str(), &[]).await.map_err(|e| (lock.clone(), e))?;
+                let n: i64 = tx
+                    .query_one(count.as_str(), &[])
+                    .await
+                    .map_err(|e| (count.clone(), e))?
+                    .get(0);
+                if let Some(expected) = expected_rows
+                    && n as u64 != expected
+                {
+                    return Ok(Err(format!(
+                        "the detached table now holds {n} rows but its archive {expected}; not dropped (rows were written to it after the archive?)"
+                    )));
+                }
+                tx.execute(drop.as_str(), &[]).await.map_err(|e| (drop.clone(), e))?;
+                let outcome = ledger::Outcome {
+                    rows: Some(n),
+                    ..base.clone()
+                };
+                ledger::record(tx, &event, started_at, &outcome)
+                    .await
+                    .map_err(|e| ("INSERT INTO partwarden.partition_events".to_string(), e))?;
+                Ok(Ok(()))
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        checked.0?;
+        tracing::info!(partition = %self.task.partition, "dropped");
+        Ok(())
+    }
+}
+
+fn archive_outcome(data: &Path, m: &Manifest) -> ledger::Outcome {
+    ledger::Outcome {
+        rows: Some(m.rows as i64),
+        archive_path: Some(data.display().to_string()),
+        checksum: Some(m.sha256.clone()),
+        error: None,
+    }
+}
+
+/// Runs `archive_command` for one file, with `%p`, `%f` and `%%` replaced (paths quoted for the
+/// shell).
+pub async fn run_archive_command(cmd: &str, path: &Path, timeout: Duration) -> Result<(), String> {
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    let expanded = expand_command(cmd, &path.display().to_string(), file);
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&expanded)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => Err(format!("killed after {timeout:?} for {file}")),
+        Ok(Err(e)) => Err(format!("waiting for it: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr
+                .lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            Err(format!("{} for {file}: {last}", out.status))
+        }
+    }
+}
+
+/// PostgreSQL-style `%p` / `%f` / `%%` expansion, with single-quoted shell words.
+fn expand_command(cmd: &str, path: &str, file: &str) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut out = String::new();
+    let mut chars = cmd.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            match chars.peek() {
+                Some('p') => {
+                    chars.next();
+                    out.push_str(&quote(path));
+                }
+                Some('f') => {
+                    chars.next();
+                    out.push_str(&quote(file));
+                }
+                Some('%') => {
+                    chars.next();
+                    out.push('%');
+                }
+                _ => out.push('%'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_command_expansion_quotes_paths() {
+        assert_eq!(
+            expand_command(
+                "cp %p /backup/%f && echo 100%%",
+                "/a b/it's.zst",
+                "it's.zst"
+            ),
+            "cp '/a b/it'\\''s.zst' /backup/'it'\\''s.zst' && echo 100%"
+        );
+    }
+
+    #[test]
+    fn bytes_are_human() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(27_900_000), "26.6 MiB");
+    }
+}

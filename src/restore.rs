@@ -1,0 +1,334 @@
+//! `--restore MANIFEST`: bring an archived partition back.
+//!
+//! The archive file is checked against its manifest (size, SHA-256, tuple count) before the
+//! database is touched. When the parent table still exists with the same columns and the
+//! archived range is free, the partition is recreated under its old name and attached back
+//! with the low-lock recipe (load standalone, validated CHECK, ATTACH, drop the CHECK).
+//! Otherwise it is restored as a standalone table in schema `partwarden_archive`, and the
+//! output says so. Either way the row count is checked after loading.
+
+use std::io::Write;
+use std::path::Path;
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio_postgres::Transaction;
+
+use crate::archive::{self, ArchiveError, Manifest};
+use crate::catalog::{self, RelName};
+use crate::config::Config;
+use crate::db::{self, ConnectError, error_text};
+use crate::ddl::{self, DdlError, DdlPolicy};
+use crate::ident::quote_ident;
+use crate::ledger::{self, Event, Step};
+use crate::pass::{self, ARCHIVE_SCHEMA, PassError};
+use crate::period::sql_timestamp;
+use crate::premake::BOUND_CHECK;
+
+/// What a restore did.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    /// The table the rows are now in.
+    pub restored_as: String,
+    /// Whether it is attached to its parent again.
+    pub attached: bool,
+    /// Rows loaded.
+    pub rows: u64,
+    /// Why it was (not) attached.
+    pub reason: String,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+impl Outcome {
+    /// One line.
+    pub fn to_text(&self) -> String {
+        let would = if self.dry_run { "would be " } else { "" };
+        format!(
+            "{} rows {would}restored into {} ({}): {}\n",
+            self.rows,
+            self.restored_as,
+            if self.attached {
+                "attached to its table"
+            } else {
+                "standalone"
+            },
+            self.reason
+        )
+    }
+}
+
+/// Why a restore failed. Nothing is left half-made in the database: a failed load rolls back.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The archive is unreadable or does not match its manifest.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The schema is not current.
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    /// A statement failed.
+    #[error(transparent)]
+    Ddl(#[from] DdlError),
+    /// A query failed.
+    #[error("{}", error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// The restore cannot go ahead.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Restores the archive described by `manifest_path`.
+pub async fn run(
+    config: &Config,
+    manifest_path: &Path,
+    dry_run: bool,
+    out: &mut dyn Write,
+) -> Result<Outcome, RestoreError> {
+    let m = archive::read_manifest(manifest_path)?;
+    let rows = archive::check_file(manifest_path, &m).await?;
+    let mut client = db::connect(&config.database).await?;
+    pass::require_current_schema(&client).await?;
+    let policy = DdlPolicy::from_config(&config.database);
+
+    let (parent_schema, parent_name) = m.table.split_once('.').ok_or_else(|| {
+        RestoreError::Refused(format!(
+            "manifest names table {:?}, expected schema.table",
+            m.table
+        ))
+    })?;
+    let parent = RelName {
+        schema: parent_schema.into(),
+        name: parent_name.into(),
+    };
+    let target = RelName {
+        schema: m.partition_schema.clone(),
+        name: m.partition_name.clone(),
+    };
+    let snap = catalog::snapshot(&client, &parent).await?;
+    let columns_match = {
+        let mut a: Vec<(String, String)> = snap
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.data_type.clone()))
+            .collect();
+        let mut b: Vec<(String, String)> = m
+            .columns
+            .iter()
+            .map(|c| (c.name.clone(), c.data_type.clone()))
+            .collect();
+        a.sort();
+        b.sort();
+        a == b
+    };
+    let target_free: bool = client
+        .query_one("SELECT to_regclass($1) IS NULL", &[&target.quoted()])
+        .await?
+        .get(0);
+    let attach_refusal = if !snap.exists || snap.relkind != Some('p') {
+        Some(format!("{parent} is not a partitioned table any more"))
+    } else if !columns_match {
+        Some(format!("{parent}'s columns differ from the archive's"))
+    } else if m.lower.is_none() || m.upper.is_none() {
+        Some("the archived range is unbounded".to_string())
+    } else if let Some(p) = snap
+        .partitions
+        .iter()
+        .find(|p| p.overlaps(m.lower.expect("checked"), m.upper.expect("checked")))
+    {
+        Some(format!("its range is now covered by {}", p.name))
+    } else if snap.default_partition().is_some() {
+        Some(format!(
+            "{parent} has a DEFAULT partition, which may hold rows of this range"
+        ))
+    } else if !target_free {
+        Some(format!("a relation named {target} exists"))
+    } else {
+        None
+    };
+
+    let (restored_as, attached, reason) = match &attach_refusal {
+        None => (
+            target.clone(),
+            true,
+            "its range is free in the parent".to_string(),
+        ),
+        Some(why) => (
+            RelName {
+                schema: ARCHIVE_SCHEMA.into(),
+                name: m.partition_name.clone(),
+            },
+            false,
+            format!("restored standalone in {ARCHIVE_SCHEMA} because {why}"),
+        ),
+    };
+    let outcome = Outcome {
+        restored_as: restored_as.to_string(),
+        attached,
+        rows,
+        reason,
+        dry_run,
+    };
+    let exists: bool = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&restored_as.quoted()],
+        )
+        .await?
+        .get(0);
+    if exists {
+        return Err(RestoreError::Refused(format!(
+            "{restored_as} already exists (restored before?); drop or rename it first"
+        )));
+    }
+    let create = if attached || (snap.exists && columns_match) {
+        format!(
+            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)",
+            restored_as.quoted(),
+            parent.quoted()
+        )
+    } else {
+        create_from_manifest(&restored_as, &m)?
+    };
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "-- restore {} ({} rows) as {restored_as}",
+            manifest_path.display(),
+            rows
+        );
+        if !attached {
+            let _ = writeln!(out, "CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA};");
+        }
+        let _ = writeln!(
+            out,
+            "{create};\nCOPY {} FROM STDIN (FORMAT binary); -- from {}",
+            restored_as.quoted(),
+            m.file
+        );
+        if attached {
+            let _ = writeln!(
+                out,
+                "{}",
+                attach_sql(&parent, &restored_as, &m).join(";\n") + ";"
+            );
+        }
+        return Ok(outcome);
+    }
+
+    // Load: one transaction, so a failed or short load leaves nothing behind.
+    let started_at = Utc::now();
+    {
+        let tx = client.transaction().await?;
+        if !attached {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA}"))
+                .await?;
+        }
+        tx.batch_execute(&create).await?;
+        let loaded = archive::copy_into(&tx, manifest_path, &m, &restored_as).await?;
+        if loaded != rows {
+            return Err(RestoreError::Refused(format!(
+                "loaded {loaded} rows but the archive holds {rows}; rolled back"
+            )));
+        }
+        if attached {
+            // The validated CHECK that lets ATTACH skip its scan.
+            tx.batch_execute(&attach_sql(&parent, &restored_as, &m)[0])
+                .await?;
+        }
+        let event = Event {
+            table: &parent,
+            partition: Some(&restored_as),
+            lower: m.lower,
+            upper: m.upper,
+            step: Step::Restore,
+        };
+        let o = ledger::Outcome {
+            rows: Some(rows as i64),
+            archive_path: archive::data_path(manifest_path, &m)
+                .ok()
+                .map(|p| p.display().to_string()),
+            checksum: Some(m.sha256.clone()),
+            error: None,
+        };
+        ledger::record(&tx, &event, started_at, &o).await?;
+        tx.commit().await?;
+    }
+    if attached {
+        let [_, attach, drop_check] =
+            <[String; 3]>::try_from(attach_sql(&parent, &restored_as, &m))
+                .expect("three statements");
+        let label = format!("attach restored {restored_as}");
+        ddl::with_lock_retry(&mut client, &policy, &label, &[parent.quoted()], async |tx: &Transaction<'_>| {
+            for st in [&attach, &drop_check] {
+                tx.execute(st.as_str(), &[]).await.map_err(|e| (st.clone(), e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            RestoreError::Refused(format!(
+                "the rows are loaded into {restored_as}, but attaching it failed: {e}; run `{attach}` when the lock is free"
+            ))
+        })?;
+    }
+    tracing::info!(table = %restored_as, rows, attached, "restored");
+    Ok(outcome)
+}
+
+fn bounds(m: &Manifest) -> (String, String) {
+    (
+        sql_timestamp(m.lower.expect("attach requires bounds")),
+        sql_timestamp(m.upper.expect("attach requires bounds")),
+    )
+}
+
+/// CHECK, ATTACH, drop the CHECK: the low-lock recipe for a table that already holds its rows.
+fn attach_sql(parent: &RelName, t: &RelName, m: &Manifest) -> Vec<String> {
+    let (lo, hi) = bounds(m);
+    let key = quote_ident(&m.partition_key);
+    vec![
+        format!(
+            "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({key} IS NOT NULL AND {key} >= {lo} AND {key} < {hi})",
+            t.quoted(),
+            quote_ident(BOUND_CHECK)
+        ),
+        format!(
+            "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({lo}) TO ({hi})",
+            parent.quoted(),
+            t.quoted()
+        ),
+        format!(
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            t.quoted(),
+            quote_ident(BOUND_CHECK)
+        ),
+    ]
+}
+
+/// `CREATE TABLE` from the manifest's columns, for when the parent is gone or changed. Type
+/// names come from a file, so they are checked against the shape `format_type` produces.
+fn create_from_manifest(t: &RelName, m: &Manifest) -> Result<String, RestoreError> {
+    let mut cols = Vec::new();
+    for c in &m.columns {
+        let ok = c
+            .data_type
+            .chars()
+            .next()
+            .is_some_and(|ch| ch.is_ascii_lowercase())
+            && c.data_type
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || " _(),[]".contains(ch));
+        if !ok {
+            return Err(RestoreError::Refused(format!(
+                "manifest column {:?} has type {:?}, which is not a plain type name",
+                c.name, c.data_type
+            )));
+        }
+        cols.push(format!("{} {}", quote_ident(&c.name), c.data_type));
+    }
+    Ok(format!("CREATE TABLE {} ({})", t.quoted(), cols.join(", ")))
+}

@@ -262,6 +262,7 @@ pub async fn write(
             return Err(e);
         }
     };
+    crate::fault::point("archive_temp_written");
     publish(&temp, &paths.data, &paths.dir)?;
     crate::fault::point("archive_data_written");
 

@@ -3,4 +3,5 @@
 
 mod bootstrap;
 mod cli;
+mod lifecycle;
 mod support;

@@ -4,4 +4,5 @@
 mod bootstrap;
 mod cli;
 mod lifecycle;
+mod pg;
 mod support;

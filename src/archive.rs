@@ -1,13 +1,13 @@
-//! Archives of expired partitions: a zstd-compressed binary `COPY` stream plus a JSON manifest.
+//! Archives of expired partitions: a zstd-compressed text `COPY` stream plus a JSON manifest.
 //!
-//! Writing streams the table out with `COPY ... TO STDOUT (FORMAT binary)` through a bounded
-//! channel into a blocking thread that compresses, hashes (SHA-256 of the file's bytes) and
-//! counts tuples as it goes, so memory stays flat however large the partition. Files are
+//! Writing streams the table out with `COPY ... TO STDOUT` through a bounded channel into a
+//! blocking thread that compresses, hashes (SHA-256 of the file's bytes) and counts rows as it
+//! goes, so memory stays flat however large the partition. Files are
 //! written under a unique temporary name, fsynced, renamed, and the directory fsynced; the
 //! manifest last, so a manifest never points at a file that is not complete.
 //!
 //! Verifying reads the file back from disk, checks its size and SHA-256 against the manifest,
-//! decompresses and counts its tuples, and compares that count with `count(*)` of the table.
+//! decompresses and counts its rows, and compares that count with `count(*)` of the table.
 //! Only a verified archive allows a partition to be dropped.
 
 use std::fs::File;
@@ -22,17 +22,20 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::catalog::{self, RelName};
-use crate::copyfmt::{KeyKind, TupleCounter, pg_micros_to_utc};
+use crate::copyfmt::{KeyKind, RowCounter};
 use crate::db::error_text;
 
 /// The manifest's `format`, bumped if the layout ever changes.
 pub const FORMAT: &str = "partwarden-archive-v1";
-/// zstd level: level 3 compresses odds history about as well as pg_dump -Fc, at several times
-/// its speed (see the archive benchmark).
-const ZSTD_LEVEL: i32 = 3;
-/// Chunks in flight between the COPY stream and the writer thread (each a few KiB to 64 KiB):
-/// enough to keep both busy, small enough to keep memory flat.
-const CHANNEL_CHUNKS: usize = 64;
+/// zstd level. Text COPY of odds history at level 5 is smaller than `pg_dump -Fc` and, with
+/// compression running beside the server's COPY, no slower (see `examples/archive_bench.rs`):
+/// level 3 is about 10% bigger than pg_dump, level 6 and up cost more time than they save.
+const ZSTD_LEVEL: i32 = 5;
+/// Batches in flight between the COPY stream and the writer thread: enough to keep both busy,
+/// small enough to keep memory flat (CHANNEL_CHUNKS x BATCH_BYTES at most).
+const CHANNEL_CHUNKS: usize = 16;
+/// Bytes of COPY data gathered before they are handed to the writer thread.
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// One column of the archived table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +66,7 @@ pub struct Manifest {
     pub partition_key: String,
     /// Columns in COPY order.
     pub columns: Vec<ManifestColumn>,
-    /// Tuples in the file.
+    /// Rows in the file.
     pub rows: u64,
     /// Smallest partition key in the file.
     pub key_min: Option<DateTime<Utc>>,
@@ -73,7 +76,7 @@ pub struct Manifest {
     pub file: String,
     /// `zstd`.
     pub compression: String,
-    /// `binary` (PostgreSQL binary COPY).
+    /// `text` (PostgreSQL text COPY, written in a UTC, ISO DateStyle session).
     pub copy_format: String,
     /// Size of the data file.
     pub compressed_bytes: u64,
@@ -241,8 +244,9 @@ pub async fn write(
         .position(|c| c.name == src.key)
         .and_then(|i| {
             let kind = match columns[i].data_type.as_str() {
-                "timestamp with time zone" | "timestamp without time zone" => KeyKind::Micros,
-                "date" => KeyKind::Days,
+                "timestamp with time zone" => KeyKind::TimestampTz,
+                "timestamp without time zone" => KeyKind::Timestamp,
+                "date" => KeyKind::Date,
                 _ => return None,
             };
             Some((i, kind))
@@ -282,8 +286,8 @@ pub async fn write(
             })
             .collect(),
         rows,
-        key_min: range.map(|r| pg_micros_to_utc(r.0)),
-        key_max: range.map(|r| pg_micros_to_utc(r.1)),
+        key_min: range.map(|r| r.0),
+        key_max: range.map(|r| r.1),
         file: paths
             .data
             .file_name()
@@ -291,7 +295,7 @@ pub async fn write(
             .unwrap_or_default()
             .into(),
         compression: "zstd".into(),
-        copy_format: "binary".into(),
+        copy_format: "text".into(),
         compressed_bytes,
         sha256,
         server_version,
@@ -314,13 +318,16 @@ pub async fn write(
     Ok(manifest)
 }
 
-/// Streams the table into `temp`: (tuples, key range, sha256, bytes).
+/// A range of instants.
+type KeyRange = (DateTime<Utc>, DateTime<Utc>);
+
+/// Streams the table into `temp`: (rows, key range, sha256, bytes).
 async fn write_data(
     client: &mut Client,
     src: &Source<'_>,
     temp: &Path,
     key: Option<(usize, KeyKind)>,
-) -> Result<(u64, Option<(i64, i64)>, String, u64), ArchiveError> {
+) -> Result<(u64, Option<KeyRange>, String, u64), ArchiveError> {
     let file = File::create(temp).map_err(io("creating", temp))?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let temp_owned = temp.to_path_buf();
@@ -328,12 +335,9 @@ async fn write_data(
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         let mut encoder =
             zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(io("compressing", &temp_owned))?;
-        let mut counter = TupleCounter::new(key);
+        let mut counter = RowCounter::new(key);
         while let Some(chunk) = receiver.blocking_recv() {
-            counter.feed(&chunk).map_err(|m| ArchiveError::Mismatch {
-                path: temp_owned.clone(),
-                message: format!("COPY stream: {m}"),
-            })?;
+            counter.feed(&chunk);
             encoder
                 .write_all(&chunk)
                 .map_err(io("writing", &temp_owned))?;
@@ -360,19 +364,25 @@ async fn write_data(
             .await
             .map_err(db("starting the archive transaction"))?;
         let stream = tx
-            .copy_out(&format!(
-                "COPY {} TO STDOUT (FORMAT binary)",
-                src.partition.quoted()
-            ))
+            .copy_out(&format!("COPY {} TO STDOUT", src.partition.quoted()))
             .await
             .map_err(db("COPY TO STDOUT"))?;
         futures_util::pin_mut!(stream);
+        // The server sends one message per row; batching them keeps the channel and the
+        // compressor busy with large writes instead of a million tiny ones.
+        let mut batch = bytes::BytesMut::with_capacity(BATCH_BYTES);
+        let mut writer_gone = false;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(db("COPY TO STDOUT"))?;
-            if sender.send(chunk).await.is_err() {
+            batch.extend_from_slice(&chunk);
+            if batch.len() >= BATCH_BYTES && sender.send(batch.split().freeze()).await.is_err() {
                 // The writer stopped early; its error is reported below.
+                writer_gone = true;
                 break;
             }
+        }
+        if !writer_gone && !batch.is_empty() {
+            let _ = sender.send(batch.freeze()).await;
         }
         tx.commit()
             .await
@@ -427,8 +437,8 @@ pub fn data_path(manifest_path: &Path, m: &Manifest) -> Result<PathBuf, ArchiveE
         .join(&m.file))
 }
 
-/// Reads the data file back and checks size, SHA-256 and tuple count against the manifest.
-/// Returns the tuple count.
+/// Reads the data file back and checks size, SHA-256 and row count against the manifest.
+/// Returns the row count.
 pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, ArchiveError> {
     let data = data_path(manifest_path, m)?;
     let expected_sha = m.sha256.clone();
@@ -437,7 +447,7 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
     tokio::task::spawn_blocking(move || {
         let file = File::open(&data).map_err(io("opening archive", &data))?;
         let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
-        let mut counter = TupleCounter::new(None);
+        let mut counter = RowCounter::new(None);
         {
             let mut decoder =
                 zstd::Decoder::with_buffer(&mut hashing).map_err(io("reading archive", &data))?;
@@ -449,12 +459,7 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
                 if n == 0 {
                     break;
                 }
-                counter
-                    .feed(&buf[..n])
-                    .map_err(|m| ArchiveError::Mismatch {
-                        path: data.clone(),
-                        message: m,
-                    })?;
+                counter.feed(&buf[..n]);
             }
         }
         // Anything after the zstd frame still counts towards the file's checksum.
@@ -518,8 +523,8 @@ pub async fn verify(
     Ok(m)
 }
 
-/// Streams the archive's rows into `table` with `COPY ... FROM STDIN (FORMAT binary)` using
-/// the manifest's column list. Returns the rows the server reports.
+/// Streams the archive's rows into `table` with `COPY ... FROM STDIN` using the manifest's
+/// column list. Returns the rows the server reports.
 pub async fn copy_into(
     client: &tokio_postgres::Transaction<'_>,
     manifest_path: &Path,
@@ -534,10 +539,7 @@ pub async fn copy_into(
         .collect::<Vec<_>>()
         .join(", ");
     let sink = client
-        .copy_in(&format!(
-            "COPY {} ({cols}) FROM STDIN (FORMAT binary)",
-            table.quoted()
-        ))
+        .copy_in(&format!("COPY {} ({cols}) FROM STDIN", table.quoted()))
         .await
         .map_err(db("COPY FROM STDIN"))?;
     futures_util::pin_mut!(sink);

@@ -1,6 +1,6 @@
 //! Connections: every session partwarden opens is set up the same way.
 //!
-//! A session is in UTC (bounds are always read and written with `+00`), names itself
+//! A session is in UTC with ISO dates (bounds are always read and written with `+00`), names itself
 //! `partwarden` in `pg_stat_activity` (so on-call can see who holds what), and has the
 //! configured `statement_timeout`. Connecting is bounded by `connect_timeout` as a whole, not
 //! per host, so an unreachable server is a prompt, clear error rather than a hang.
@@ -132,9 +132,13 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client, ConnectError> {
 
 async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio_postgres::Error> {
     let statement_timeout = format!("{}ms", db.statement_timeout.as_millis());
+    // UTC and ISO dates: bounds and archived timestamps are always written with +00 and read
+    // back unambiguously. Exact float output, so an archive restores bit for bit.
     client
         .execute(
-            "SELECT set_config('TimeZone', 'UTC', false), set_config('statement_timeout', $1, false)",
+            "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO, MDY', false), \
+                    set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '3', false), \
+                    set_config('bytea_output', 'hex', false), set_config('statement_timeout', $1, false)",
             &[&statement_timeout],
         )
         .await?;

@@ -481,7 +481,7 @@ fn describe_expiry(
         OnExpiry::Archive => {
             let paths = archive::paths(&config.maintenance.archive_dir, &parent, &task.partition);
             s.push_str(&format!(
-                "COPY {p} TO STDOUT (FORMAT binary); -- zstd into {} with manifest {}, read back, SHA-256 and count(*) verified\n",
+                "COPY {p} TO STDOUT; -- zstd into {} with manifest {}, read back, SHA-256 and count(*) verified\n",
                 paths.data.display(),
                 paths.manifest.display()
             ));
@@ -811,7 +811,7 @@ impl Expiring<'_> {
             client,
             self.policy,
             &label,
-            &[p.clone()],
+            std::slice::from_ref(&p),
             async |tx: &Transaction<'_>| {
                 tx.execute(lock.as_str(), &[]).await.map_err(|e| (lock.clone(), e))?;
                 let n: i64 = tx

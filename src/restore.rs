@@ -1,6 +1,6 @@
 //! `--restore MANIFEST`: bring an archived partition back.
 //!
-//! The archive file is checked against its manifest (size, SHA-256, tuple count) before the
+//! The archive file is checked against its manifest (size, SHA-256, row count) before the
 //! database is touched. When the parent table still exists with the same columns and the
 //! archived range is free, the partition is recreated under its old name and attached back
 //! with the low-lock recipe (load standalone, validated CHECK, ATTACH, drop the CHECK).
@@ -205,7 +205,7 @@ pub async fn run(
         }
         let _ = writeln!(
             out,
-            "{create};\nCOPY {} FROM STDIN (FORMAT binary); -- from {}",
+            "{create};\nCOPY {} FROM STDIN; -- from {}",
             restored_as.quoted(),
             m.file
         );

@@ -51,7 +51,10 @@ async fn fresh_bootstrap_creates_schema_and_partitions() {
     let config = db.write_config("", "");
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("1 applied [0001_odds_schema]"), "{stdout}");
+    assert!(
+        stdout.contains("2 applied [0001_odds_schema, 0002_partition_events]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("4 partitions created"), "{stdout}");
 
     // Shape, checked against the catalog field by field.
@@ -156,7 +159,7 @@ async fn fresh_bootstrap_creates_schema_and_partitions() {
     let (version, adopted, checksum): (i32, bool, String) = {
         let r = c
             .query_one(
-                "SELECT version, adopted, checksum FROM partwarden.schema_migrations",
+                "SELECT version, adopted, checksum FROM partwarden.schema_migrations WHERE version = 1",
                 &[],
             )
             .await
@@ -178,7 +181,7 @@ async fn second_bootstrap_is_a_noop_that_says_so() {
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("migrations: up to date (1 already applied), nothing to do"),
+        stdout.contains("migrations: up to date (2 already applied), nothing to do"),
         "{stdout}"
     );
     assert!(stdout.contains("no partition needed"), "{stdout}");
@@ -258,7 +261,10 @@ async fn adopts_an_alembic_created_database() {
     let config = db.write_config("", "");
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(stdout.contains("1 adopted [0001_odds_schema]"), "{stdout}");
+    assert!(
+        stdout.contains("1 applied [0002_partition_events], 1 adopted [0001_odds_schema]"),
+        "{stdout}"
+    );
     // Two gap months filled, three premade.
     assert!(stdout.contains("5 partitions created"), "{stdout}");
     let adopted: bool = c
@@ -479,7 +485,9 @@ async fn concurrent_bootstraps_do_not_race() {
     assert_eq!((a.0, b.0), (0, 0), "{a:?}\n{b:?}");
     let outputs = format!("{}{}", a.1, b.1);
     assert_eq!(
-        outputs.matches("1 applied [0001_odds_schema]").count(),
+        outputs
+            .matches("2 applied [0001_odds_schema, 0002_partition_events]")
+            .count(),
         1,
         "{outputs}"
     );

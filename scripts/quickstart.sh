@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: builds partwarden, starts a throwaway PostgreSQL in a temporary directory, runs
-# `partwarden --bootstrap` against it twice (the second run is a no-op), shows the partitions
-# it made, then stops the server and removes everything. Nothing outside the temporary
+# `partwarden --bootstrap` against it twice (the second run is a no-op) and a maintenance pass,
+# shows the partitions it made, then stops the server and removes everything. Nothing outside the temporary
 # directory (and ./target) is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +44,9 @@ echo "== partwarden --bootstrap (throwaway PostgreSQL on 127.0.0.1:$port)"
 echo
 echo "== partwarden --bootstrap again: a no-op"
 "$bin" --config "$dir/config.toml" --bootstrap 2>/dev/null
+echo
+echo "== partwarden --run-once: a maintenance pass (nothing to expire on a fresh database)"
+"$bin" --config "$dir/config.toml" --run-once 2>/dev/null
 echo
 echo "== partitions of market_odds_history, from the catalog"
 psql -d odds -c "SELECT c.relname AS partition, pg_get_expr(c.relpartbound, c.oid) AS bounds

@@ -165,6 +165,19 @@ pub async fn run(
             format!("restored standalone in {ARCHIVE_SCHEMA} because {why}"),
         ),
     };
+    let mut reason = reason;
+    if attached
+        && let Some(t) = config
+            .tables
+            .iter()
+            .find(|t| RelName::from(&t.name) == parent)
+        && crate::expiry::is_expired(t, m.upper, Utc::now())
+    {
+        reason.push_str(&format!(
+            "; note: it is past the table's retention ({}), so the next pass expires it again unless the retention is raised",
+            t.retention.map(|r| r.to_string()).unwrap_or_default()
+        ));
+    }
     let outcome = Outcome {
         restored_as: restored_as.to_string(),
         attached,

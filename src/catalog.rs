@@ -13,7 +13,7 @@ use crate::ident::{QualifiedName, quote_ident};
 
 /// A relation as the catalog names it (not necessarily a name partwarden would accept in
 /// configuration, so it is kept as plain strings and quoted on use).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct RelName {
     /// `pg_namespace.nspname`.
     pub schema: String,

@@ -95,6 +95,9 @@ pub struct MaintenanceConfig {
     pub archive_command: Option<String>,
     /// How long archive_command may run before it is killed and counted as failed.
     pub archive_command_timeout: Duration,
+    /// statement_timeout of `CREATE INDEX CONCURRENTLY` when a pass repairs a partition's index
+    /// (a build takes longer than ordinary statements, and does not block writers).
+    pub index_build_timeout: Duration,
 }
 
 /// What happens to a partition past its retention.
@@ -169,6 +172,7 @@ struct RawMaintenance {
     max_expired_per_pass: i64,
     archive_command: String,
     archive_command_timeout: String,
+    index_build_timeout: String,
 }
 
 impl Default for RawMaintenance {
@@ -179,6 +183,7 @@ impl Default for RawMaintenance {
             max_expired_per_pass: 3,
             archive_command: String::new(),
             archive_command_timeout: "10m".into(),
+            index_build_timeout: "1h".into(),
         }
     }
 }
@@ -376,12 +381,15 @@ impl RawMaintenance {
             "maintenance.archive_command_timeout",
             &self.archive_command_timeout,
         )?;
+        let index_build_timeout =
+            duration("maintenance.index_build_timeout", &self.index_build_timeout)?;
         Ok(MaintenanceConfig {
             schedule: self.schedule,
             archive_dir,
             max_expired_per_pass: self.max_expired_per_pass as usize,
             archive_command,
             archive_command_timeout,
+            index_build_timeout,
         })
     }
 }

@@ -19,6 +19,7 @@
 pub mod archive;
 pub mod bootstrap;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod copyfmt;
@@ -27,6 +28,7 @@ pub mod ddl;
 pub mod expiry;
 pub mod fault;
 pub mod ident;
+pub mod indexes;
 pub mod ledger;
 pub mod migrate;
 pub mod pass;

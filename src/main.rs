@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use partwarden::cli::{Args, Format, Mode};
 use partwarden::config::Config;
-use partwarden::{bootstrap, pass, restore};
+use partwarden::{bootstrap, check, pass, restore};
 
 /// Success.
 const EXIT_OK: u8 = 0;
@@ -22,18 +22,27 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     let mode = args.mode();
-    if let Some(flag) = match &mode {
-        Mode::Check => Some("--check"),
-        Mode::Daemon => Some("the daemon (no mode flag)"),
-        _ => None,
-    } {
+    if mode == Mode::Daemon {
         eprintln!(
-            "partwarden: {flag} is not implemented in this version yet; use --bootstrap, --run-once or --restore"
+            "partwarden: the daemon (no mode flag) is not implemented in this version yet; use --bootstrap, --run-once, --check or --restore"
         );
         return ExitCode::from(EXIT_USAGE);
     }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
+        // --check speaks the monitoring-plugin convention even here: UNKNOWN, and valid JSON.
+        Err(e) if mode == Mode::Check => {
+            let report =
+                check::Report::unknown("configuration", format!("configuration error: {e}"));
+            let mut stdout = std::io::stdout().lock();
+            print(
+                &mut stdout,
+                args.format,
+                &report,
+                report.to_text(check::colour()),
+            );
+            return ExitCode::from(report.status.exit_code());
+        }
         Err(e) => {
             eprintln!("partwarden: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -97,7 +106,17 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Mode::Check | Mode::Daemon => unreachable!("refused above"),
+            Mode::Check => {
+                let report = check::run(&config, args.now()).await;
+                print(
+                    &mut stdout,
+                    args.format,
+                    &report,
+                    report.to_text(check::colour()),
+                );
+                report.status.exit_code()
+            }
+            Mode::Daemon => unreachable!("refused above"),
         }
     });
     ExitCode::from(code)

@@ -28,6 +28,7 @@ use crate::db::{self, ConnectError, error_text};
 use crate::ddl::{self, DdlPolicy};
 use crate::expiry::{self, Start, Task, Unfinished};
 use crate::fault;
+use crate::indexes;
 use crate::ledger::{self, Event, Step};
 use crate::migrate::{self, MIGRATIONS};
 use crate::premake::{self, Runway};
@@ -60,6 +61,8 @@ pub struct TableReport {
     pub expired: Vec<String>,
     /// Bytes of archives written.
     pub archived_bytes: u64,
+    /// Index repairs done (or, in a dry run, planned).
+    pub indexes_repaired: Vec<String>,
     /// Coverage after the pass (not in a dry run).
     pub runway: Option<Runway>,
     /// Steps that failed, one line each.
@@ -131,6 +134,13 @@ impl TableReport {
         );
         if self.archived_bytes > 0 {
             s.push_str(&format!(", archived {}", human_bytes(self.archived_bytes)));
+        }
+        if !self.indexes_repaired.is_empty() {
+            s.push_str(&format!(
+                ", {}index repairs {}",
+                would,
+                self.indexes_repaired.len()
+            ));
         }
         if let Some(r) = &self.runway {
             s.push_str(&runway_text(r));
@@ -257,6 +267,25 @@ pub async fn run(
         tables: config.tables.iter().map(TableReport::new).collect(),
     };
     let started_at = Utc::now();
+    // The archive directory exists from the first pass on, so that --check can tell a missing
+    // one (removed, unmounted) from one that was never needed yet.
+    if !opts.dry_run
+        && config
+            .tables
+            .iter()
+            .any(|t| t.on_expiry == OnExpiry::Archive)
+        && let Err(e) = std::fs::create_dir_all(&config.maintenance.archive_dir)
+    {
+        let msg = format!(
+            "archive directory {}: {e}",
+            config.maintenance.archive_dir.display()
+        );
+        for (t, tr) in config.tables.iter().zip(report.tables.iter_mut()) {
+            if t.on_expiry == OnExpiry::Archive {
+                tr.errors.push(msg.clone());
+            }
+        }
+    }
     // Phase 1: partitions ahead, for every table, before any expiry can take time.
     let mut managable = vec![false; config.tables.len()];
     for (i, table) in config.tables.iter().enumerate() {
@@ -270,7 +299,22 @@ pub async fn run(
                 .push(format!("reading the catalog: {}", error_text(&e))),
         }
     }
-    // Phase 2: expiries.
+    // Phase 2: index repairs.
+    for (i, table) in config.tables.iter().enumerate() {
+        if managable[i] {
+            repair_indexes(
+                client,
+                config,
+                &policy,
+                table,
+                opts,
+                out,
+                &mut report.tables[i],
+            )
+            .await;
+        }
+    }
+    // Phase 3: expiries.
     for (i, table) in config.tables.iter().enumerate() {
         if managable[i] {
             expire_table(
@@ -368,6 +412,100 @@ pub async fn premake_table(
         }
     }
     true
+}
+
+/// Repairs what the `indexes` check reports: leftover INVALID indexes are dropped
+/// concurrently, missing partition indexes built concurrently (or an existing matching one
+/// reused) and attached to the parent index.
+async fn repair_indexes(
+    client: &mut Client,
+    config: &Config,
+    policy: &DdlPolicy,
+    table: &TableConfig,
+    opts: Options,
+    out: &mut dyn Write,
+    tr: &mut TableReport,
+) {
+    let parent = RelName::from(&table.name);
+    let snap = match indexes::snapshot(&*client, &parent).await {
+        Ok(s) => s,
+        Err(e) => {
+            tr.errors
+                .push(format!("reading indexes: {}", error_text(&e)));
+            return;
+        }
+    };
+    let (repairs, left) = indexes::plan(&parent, &snap);
+    tr.notes.extend(left);
+    for repair in &repairs {
+        if opts.dry_run {
+            let mut text = format!("-- {}\n", repair.label());
+            for st in repair.statements() {
+                text.push_str(&st);
+                text.push_str(";\n");
+            }
+            let _ = writeln!(out, "{text}");
+            tr.indexes_repaired.push(repair.label());
+            continue;
+        }
+        match run_repair(client, config, policy, repair).await {
+            Ok(()) => {
+                tracing::info!(repair = %repair.label(), "index repaired");
+                tr.indexes_repaired.push(repair.label());
+            }
+            Err(e) => tr.errors.push(format!("{}: {e}", repair.label())),
+        }
+    }
+}
+
+async fn run_repair(
+    client: &mut Client,
+    config: &Config,
+    policy: &DdlPolicy,
+    repair: &indexes::Repair,
+) -> Result<(), String> {
+    let statements = repair.statements();
+    for st in &statements {
+        if st.contains(" CONCURRENTLY ") {
+            // Cannot run in a transaction block; waits for older transactions without blocking
+            // writers, so it is bounded by a statement timeout rather than lock_timeout.
+            let timeout = if st.starts_with("CREATE") {
+                config.maintenance.index_build_timeout
+            } else {
+                config.database.statement_timeout
+            };
+            let result = async {
+                client
+                    .execute(
+                        "SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', $1, false)",
+                        &[&format!("{}ms", timeout.as_millis())],
+                    )
+                    .await?;
+                let r = client.batch_execute(st).await;
+                client
+                    .execute(
+                        "SELECT set_config('statement_timeout', $1, false)",
+                        &[&format!("{}ms", config.database.statement_timeout.as_millis())],
+                    )
+                    .await?;
+                client.batch_execute("RESET lock_timeout").await?;
+                r
+            }
+            .await;
+            result.map_err(|e| format!("{}: {st}", error_text(&e)))?;
+        } else {
+            let label = repair.label();
+            ddl::with_lock_retry(client, policy, &label, &[], async |tx: &Transaction<'_>| {
+                tx.execute(st.as_str(), &[])
+                    .await
+                    .map_err(|e| (st.clone(), e))?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 async fn expire_table(

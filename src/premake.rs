@@ -232,7 +232,12 @@ pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> 
     let has_default = snap.default_partition().is_some();
     let mut t = now;
     let mut steps = 0;
-    while let Some(p) = snap.partitions.iter().find(|p| p.contains(t)) {
+    // A partition pending detach receives no more rows: it does not count.
+    while let Some(p) = snap
+        .partitions
+        .iter()
+        .find(|p| !p.detach_pending && p.contains(t))
+    {
         steps += 1;
         match p.upper {
             Some(u) if steps < MAX_PERIODS => t = u,

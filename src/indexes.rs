@@ -1,0 +1,509 @@
+//! Index health of partitioned tables: what is missing or broken, and the low-lock repair.
+//!
+//! A parent's (partitioned) index is valid only when every partition has a matching index
+//! attached to it. A partition can lack one when the parent index was built `ON ONLY` and not
+//! finished, and a failed `CREATE INDEX CONCURRENTLY` leaves an INVALID index behind. The
+//! planner here is pure: an [`IndexSnapshot`] in, [`Repair`]s out. Repairs never lock the
+//! parent against writers: `CREATE INDEX CONCURRENTLY` on the partition (or reuse of a matching
+//! valid index already there), then `ALTER INDEX parent ATTACH PARTITION child`; a leftover
+//! INVALID index is removed with `DROP INDEX CONCURRENTLY`. Indexes that back a constraint
+//! (primary key, unique constraint) are reported but not repaired: that needs an operator.
+
+use serde::Serialize;
+use tokio_postgres::GenericClient;
+
+use crate::catalog::RelName;
+use crate::ident::{MAX_IDENT_BYTES, quote_ident};
+
+/// An index of the partitioned parent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ParentIndex {
+    /// Its name (in the parent's schema).
+    pub name: String,
+    /// `indisvalid`: false until every partition has its index attached.
+    pub valid: bool,
+    /// `indisunique`.
+    pub unique: bool,
+    /// The constraint it backs (primary key or unique), if any.
+    pub constraint: Option<String>,
+    /// `pg_get_indexdef` from `USING` on.
+    pub definition: String,
+}
+
+/// An index on a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChildIndex {
+    /// Its name (in the partition's schema).
+    pub name: String,
+    /// The parent index it is attached to, if any.
+    pub attached_to: Option<String>,
+    /// `indisvalid`.
+    pub valid: bool,
+    /// `indisready`.
+    pub ready: bool,
+    /// `indislive`.
+    pub live: bool,
+    /// `indisunique`.
+    pub unique: bool,
+    /// `pg_get_indexdef` from `USING` on.
+    pub definition: String,
+    /// A `CREATE INDEX` is building it right now (`pg_stat_progress_create_index`).
+    pub building: bool,
+}
+
+/// One partition and its indexes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartitionIndexes {
+    /// The partition.
+    pub partition: RelName,
+    /// Its indexes.
+    pub indexes: Vec<ChildIndex>,
+}
+
+/// The indexes of a partitioned table and of its partitions.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IndexSnapshot {
+    /// The parent's indexes.
+    pub parent: Vec<ParentIndex>,
+    /// Each attached partition (not pending detach) with its indexes.
+    pub partitions: Vec<PartitionIndexes>,
+}
+
+/// Reads the index snapshot of the partitioned table `table`.
+pub async fn snapshot(
+    client: &impl GenericClient,
+    table: &RelName,
+) -> Result<IndexSnapshot, tokio_postgres::Error> {
+    let parent = client
+        .query(
+            "SELECT ci.relname::text, x.indisvalid, x.indisunique, c.conname::text, \
+                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$') \
+             FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid \
+             LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
+             WHERE x.indrelid = to_regclass($1) ORDER BY 1",
+            &[&table.quoted()],
+        )
+        .await?
+        .iter()
+        .map(|r| ParentIndex {
+            name: r.get(0),
+            valid: r.get(1),
+            unique: r.get(2),
+            constraint: r.get(3),
+            definition: r.get(4),
+        })
+        .collect();
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, pc.relname::text, ci.relname::text, \
+                    (SELECT pi.relname::text FROM pg_inherits ii JOIN pg_class pi ON pi.oid = ii.inhparent \
+                     WHERE ii.inhrelid = x.indexrelid), \
+                    x.indisvalid, x.indisready, x.indislive, x.indisunique, \
+                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$'), \
+                    EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = x.indexrelid) \
+             FROM pg_inherits t \
+             JOIN pg_class pc ON pc.oid = t.inhrelid \
+             JOIN pg_namespace n ON n.oid = pc.relnamespace \
+             LEFT JOIN pg_index x ON x.indrelid = pc.oid \
+             LEFT JOIN pg_class ci ON ci.oid = x.indexrelid \
+             WHERE t.inhparent = to_regclass($1) AND NOT t.inhdetachpending AND pc.relkind = 'r' \
+             ORDER BY 2, 3",
+            &[&table.quoted()],
+        )
+        .await?;
+    let mut partitions: Vec<PartitionIndexes> = Vec::new();
+    for r in &rows {
+        let partition = RelName {
+            schema: r.get(0),
+            name: r.get(1),
+        };
+        if partitions.last().is_none_or(|p| p.partition != partition) {
+            partitions.push(PartitionIndexes {
+                partition,
+                indexes: Vec::new(),
+            });
+        }
+        let Some(name) = r.get::<_, Option<String>>(2) else {
+            continue; // a partition without any index
+        };
+        partitions
+            .last_mut()
+            .expect("pushed")
+            .indexes
+            .push(ChildIndex {
+                name,
+                attached_to: r.get(3),
+                valid: r.get(4),
+                ready: r.get(5),
+                live: r.get(6),
+                unique: r.get(7),
+                definition: r.get(8),
+                building: r.get(9),
+            });
+    }
+    Ok(IndexSnapshot { parent, partitions })
+}
+
+/// One problem found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `missing`, `invalid`, `not_ready`, `parent_invalid`.
+    pub kind: &'static str,
+    /// The partition concerned (none for a parent index).
+    pub partition: Option<String>,
+    /// The index concerned (for `missing`, the parent index that has no child there).
+    pub index: String,
+    /// Whether uniqueness depends on it (unique or constraint index).
+    pub unique: bool,
+    /// One line.
+    pub message: String,
+}
+
+/// Every index problem of the table.
+pub fn problems(table: &RelName, snap: &IndexSnapshot) -> Vec<Problem> {
+    let mut v = Vec::new();
+    for pi in &snap.parent {
+        for p in &snap.partitions {
+            if !p
+                .indexes
+                .iter()
+                .any(|c| c.attached_to.as_deref() == Some(pi.name.as_str()))
+            {
+                v.push(Problem {
+                    kind: "missing",
+                    partition: Some(p.partition.to_string()),
+                    index: pi.name.clone(),
+                    unique: pi.unique,
+                    message: format!(
+                        "{} has no index attached to {}.{} ({})",
+                        p.partition, table.schema, pi.name, pi.definition
+                    ),
+                });
+            }
+        }
+    }
+    for p in &snap.partitions {
+        for c in &p.indexes {
+            if !c.valid || !c.ready || !c.live {
+                let state = if c.building {
+                    "being built right now"
+                } else if !c.live {
+                    "not live (being dropped)"
+                } else if !c.ready {
+                    "not ready"
+                } else {
+                    "INVALID (a failed CREATE INDEX CONCURRENTLY leaves one behind)"
+                };
+                v.push(Problem {
+                    kind: "invalid",
+                    partition: Some(p.partition.to_string()),
+                    index: c.name.clone(),
+                    unique: c.unique,
+                    message: format!(
+                        "index {}.{} on {} is {state}",
+                        p.partition.schema, c.name, p.partition
+                    ),
+                });
+            }
+        }
+    }
+    for pi in &snap.parent {
+        if !pi.valid {
+            v.push(Problem {
+                kind: "parent_invalid",
+                partition: None,
+                index: pi.name.clone(),
+                unique: pi.unique,
+                message: format!(
+                    "partitioned index {}.{} is not valid (some partition lacks it)",
+                    table.schema, pi.name
+                ),
+            });
+        }
+    }
+    v
+}
+
+/// One repair step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// `DROP INDEX CONCURRENTLY` of a leftover INVALID index on a partition.
+    DropInvalid {
+        /// The index.
+        index: RelName,
+    },
+    /// Build the missing child index concurrently (unless `reuse` names a matching valid one
+    /// already there), then attach it to the parent index.
+    Build {
+        /// The partition.
+        partition: RelName,
+        /// The parent index, in the parent's schema.
+        parent_index: RelName,
+        /// The child index to create (or reuse).
+        child_index: RelName,
+        /// Whether a matching valid, unattached index already exists (then only attach).
+        reuse: bool,
+        /// `UNIQUE` or not.
+        unique: bool,
+        /// From `USING` on.
+        definition: String,
+    },
+}
+
+impl Repair {
+    /// The statements, as `--dry-run` prints them (each runs on its own; `CONCURRENTLY`
+    /// statements cannot run in a transaction block).
+    pub fn statements(&self) -> Vec<String> {
+        match self {
+            Repair::DropInvalid { index } => vec![format!(
+                "DROP INDEX CONCURRENTLY IF EXISTS {}",
+                index.quoted()
+            )],
+            Repair::Build {
+                partition,
+                parent_index,
+                child_index,
+                reuse,
+                unique,
+                definition,
+            } => {
+                let mut v = Vec::new();
+                if !reuse {
+                    v.push(format!(
+                        "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {definition}",
+                        if *unique { "UNIQUE " } else { "" },
+                        quote_ident(&child_index.name),
+                        partition.quoted()
+                    ));
+                }
+                v.push(format!(
+                    "ALTER INDEX {} ATTACH PARTITION {}",
+                    parent_index.quoted(),
+                    child_index.quoted()
+                ));
+                v
+            }
+        }
+    }
+
+    /// One line for logs and reports.
+    pub fn label(&self) -> String {
+        match self {
+            Repair::DropInvalid { index } => format!("drop invalid index {index}"),
+            Repair::Build {
+                partition,
+                parent_index,
+                reuse,
+                ..
+            } => format!(
+                "{} index of {parent_index} on {partition}",
+                if *reuse {
+                    "attach existing"
+                } else {
+                    "build and attach"
+                }
+            ),
+        }
+    }
+}
+
+/// The repairs for `table`, in order: drop leftovers first, then build missing children.
+/// Returns the repairs and the problems it will not touch (constraint indexes, indexes being
+/// built by someone right now).
+pub fn plan(table: &RelName, snap: &IndexSnapshot) -> (Vec<Repair>, Vec<String>) {
+    let mut repairs = Vec::new();
+    let mut left = Vec::new();
+    for p in &snap.partitions {
+        for c in &p.indexes {
+            if c.valid && c.ready && c.live {
+                continue;
+            }
+            if c.building {
+                left.push(format!(
+                    "{}.{} is being built right now; left alone",
+                    p.partition.schema, c.name
+                ));
+            } else if c.attached_to.is_some() {
+                left.push(format!(
+                    "{}.{} is invalid but attached to a parent index; rebuild it by hand (REINDEX INDEX CONCURRENTLY)",
+                    p.partition.schema, c.name
+                ));
+            } else {
+                repairs.push(Repair::DropInvalid {
+                    index: RelName {
+                        schema: p.partition.schema.clone(),
+                        name: c.name.clone(),
+                    },
+                });
+            }
+        }
+    }
+    for pi in &snap.parent {
+        for p in &snap.partitions {
+            if p.indexes
+                .iter()
+                .any(|c| c.attached_to.as_deref() == Some(pi.name.as_str()))
+            {
+                continue;
+            }
+            if let Some(con) = &pi.constraint {
+                left.push(format!(
+                    "{} lacks the index of constraint {con}; constraint indexes are not repaired automatically",
+                    p.partition
+                ));
+                continue;
+            }
+            let existing = p.indexes.iter().find(|c| {
+                c.attached_to.is_none()
+                    && c.valid
+                    && c.ready
+                    && c.live
+                    && c.unique == pi.unique
+                    && c.definition == pi.definition
+            });
+            let child_name = match existing {
+                Some(c) => c.name.clone(),
+                None => child_index_name(&p.partition.name, &pi.name),
+            };
+            repairs.push(Repair::Build {
+                partition: p.partition.clone(),
+                parent_index: RelName {
+                    schema: table.schema.clone(),
+                    name: pi.name.clone(),
+                },
+                child_index: RelName {
+                    schema: p.partition.schema.clone(),
+                    name: child_name,
+                },
+                reuse: existing.is_some(),
+                unique: pi.unique,
+                definition: pi.definition.clone(),
+            });
+        }
+    }
+    (repairs, left)
+}
+
+/// `<partition>_<parent index>`, shortened with a hash suffix to fit 63 bytes.
+fn child_index_name(partition: &str, parent_index: &str) -> String {
+    let full = format!("{partition}_{parent_index}");
+    if full.len() <= MAX_IDENT_BYTES {
+        return full;
+    }
+    let hash = {
+        use sha2::{Digest, Sha256};
+        hex::encode(&Sha256::digest(full.as_bytes())[..4])
+    };
+    let mut cut = MAX_IDENT_BYTES - hash.len() - 1;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{hash}", &full[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel(n: &str) -> RelName {
+        RelName {
+            schema: "public".into(),
+            name: n.into(),
+        }
+    }
+
+    fn child(name: &str, attached: Option<&str>, valid: bool, def: &str) -> ChildIndex {
+        ChildIndex {
+            name: name.into(),
+            attached_to: attached.map(str::to_string),
+            valid,
+            ready: true,
+            live: true,
+            unique: false,
+            definition: def.into(),
+            building: false,
+        }
+    }
+
+    #[test]
+    fn plans_drop_of_leftovers_and_build_or_reuse_of_missing() {
+        let snap = IndexSnapshot {
+            parent: vec![
+                ParentIndex {
+                    name: "idx_line".into(),
+                    valid: false,
+                    unique: false,
+                    constraint: None,
+                    definition: "USING btree (line)".into(),
+                },
+                ParentIndex {
+                    name: "pk".into(),
+                    valid: true,
+                    unique: true,
+                    constraint: Some("pk".into()),
+                    definition: "USING btree (id, t)".into(),
+                },
+            ],
+            partitions: vec![
+                PartitionIndexes {
+                    partition: rel("t_1"),
+                    indexes: vec![
+                        child("t_1_pkey", Some("pk"), true, "USING btree (id, t)"),
+                        child("t_1_line", Some("idx_line"), true, "USING btree (line)"),
+                    ],
+                },
+                PartitionIndexes {
+                    partition: rel("t_2"),
+                    indexes: vec![
+                        child("t_2_pkey", Some("pk"), true, "USING btree (id, t)"),
+                        child("stray", None, false, "USING btree (v)"),
+                        child("mine", None, true, "USING btree (line)"),
+                    ],
+                },
+                PartitionIndexes {
+                    partition: rel("t_3"),
+                    indexes: vec![],
+                },
+            ],
+        };
+        let t = rel("t");
+        let probs = problems(&t, &snap);
+        let kinds: Vec<(&str, &str)> = probs.iter().map(|p| (p.kind, p.index.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("missing", "idx_line"),
+                ("missing", "idx_line"),
+                ("missing", "pk"),
+                ("invalid", "stray"),
+                ("parent_invalid", "idx_line")
+            ]
+        );
+        let (repairs, left) = plan(&t, &snap);
+        let labels: Vec<String> = repairs.iter().map(Repair::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "drop invalid index public.stray",
+                "attach existing index of public.idx_line on public.t_2",
+                "build and attach index of public.idx_line on public.t_3",
+            ]
+        );
+        assert_eq!(
+            repairs[2].statements(),
+            [
+                "CREATE INDEX CONCURRENTLY IF NOT EXISTS \"t_3_idx_line\" ON \"public\".\"t_3\" USING btree (line)",
+                "ALTER INDEX \"public\".\"idx_line\" ATTACH PARTITION \"public\".\"t_3_idx_line\""
+            ]
+        );
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(left[0].contains("constraint pk"));
+    }
+
+    #[test]
+    fn long_child_names_fit() {
+        let n = child_index_name(&"p".repeat(50), &"i".repeat(30));
+        assert_eq!(n.len(), 63);
+        assert_ne!(n, child_index_name(&"p".repeat(50), &"j".repeat(30)));
+    }
+}

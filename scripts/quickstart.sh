@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart: builds partwarden, starts a throwaway PostgreSQL in a temporary directory, runs
 # `partwarden --bootstrap` against it twice (the second run is a no-op) and a maintenance pass,
-# shows the partitions it made, then stops the server and removes everything. Nothing outside the temporary
+# shows the partitions it made and the --check report, then stops the server and removes
+# everything. Nothing outside the temporary
 # directory (and ./target) is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,3 +54,6 @@ psql -d odds -c "SELECT c.relname AS partition, pg_get_expr(c.relpartbound, c.oi
                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
                  WHERE i.inhparent = 'market_odds_history'::regclass ORDER BY 1"
 psql -d odds -c "SELECT version, name, adopted, applied_at FROM partwarden.schema_migrations"
+echo
+echo "== partwarden --check: what on-call sees"
+"$bin" --config "$dir/config.toml" --check || echo "(--check exit code $?)"

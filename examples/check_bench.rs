@@ -59,6 +59,7 @@ async fn main() {
             dry_run: false,
             now: Utc::now(),
         },
+        &std::sync::atomic::AtomicBool::new(false),
         &mut sink,
     )
     .await;

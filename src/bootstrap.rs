@@ -194,7 +194,17 @@ async fn run_locked(
                 {
                     snap = t.as_snapshot();
                 }
-                pass::premake_table(client, policy, table, &snap, pass_opts, out, &mut tr).await;
+                pass::premake_table(
+                    client,
+                    policy,
+                    table,
+                    &snap,
+                    pass_opts,
+                    &std::sync::atomic::AtomicBool::new(false),
+                    out,
+                    &mut tr,
+                )
+                .await;
             }
         }
         if !opts.dry_run && tr.errors.is_empty() {

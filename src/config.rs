@@ -39,6 +39,35 @@ pub struct Config {
     pub maintenance: MaintenanceConfig,
     /// `[[tables]]`, in file order.
     pub tables: Vec<TableConfig>,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[daemon]`: how the long-running service behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    /// On SIGTERM/SIGINT, how long the step in progress may take to finish before exit.
+    pub shutdown_timeout: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on; `None` (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[database]`: how to reach PostgreSQL and how patient to be with it.
@@ -138,6 +167,32 @@ struct RawConfig {
     maintenance: RawMaintenance,
     #[serde(default = "default_tables")]
     tables: Vec<RawTable>,
+    #[serde(default)]
+    daemon: RawDaemon,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDaemon {
+    shutdown_timeout: String,
+    log_format: String,
+}
+
+impl Default for RawDaemon {
+    fn default() -> Self {
+        RawDaemon {
+            shutdown_timeout: "30s".into(),
+            log_format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,11 +334,33 @@ impl RawConfig {
             }
             tables.push(t);
         }
+        let daemon = DaemonConfig {
+            shutdown_timeout: duration("daemon.shutdown_timeout", &self.daemon.shutdown_timeout)?,
+            log_format: match self.daemon.log_format.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(format!(
+                        "key `daemon.log_format`: expected text or json, got {other:?}"
+                    ));
+                }
+            },
+        };
+        let metrics = MetricsConfig {
+            listen: match self.metrics.listen.trim() {
+                "" => None,
+                a => Some(a.parse().map_err(|_| {
+                    format!("key `metrics.listen`: expected an address such as \"127.0.0.1:9187\", got {a:?}")
+                })?),
+            },
+        };
         Ok(Config {
             file: path.to_path_buf(),
             database,
             maintenance,
             tables,
+            daemon,
+            metrics,
         })
     }
 }

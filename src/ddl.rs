@@ -252,6 +252,9 @@ pub async fn with_lock_retry<T>(
         if !retryable {
             return Err(failed(&statement, e));
         }
+        if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+            crate::metrics::add(&crate::metrics::LOCK_TIMEOUTS, 1);
+        }
         let blockers = find_blockers(client, lock_relations).await;
         let elapsed = started.elapsed();
         if elapsed + backoff > policy.retry_for {

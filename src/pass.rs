@@ -15,6 +15,7 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -30,6 +31,7 @@ use crate::expiry::{self, Start, Task, Unfinished};
 use crate::fault;
 use crate::indexes;
 use crate::ledger::{self, Event, Step};
+use crate::metrics;
 use crate::migrate::{self, MIGRATIONS};
 use crate::premake::{self, Runway};
 
@@ -250,15 +252,19 @@ pub async fn run_once(
     {
         return Err(PassError::Busy(pid));
     }
-    Ok(run(&mut client, config, opts, out).await)
+    Ok(run(&mut client, config, opts, &AtomicBool::new(false), out).await)
 }
 
 /// One pass over every configured table, on a session that holds the pass lock (or, in a dry
 /// run, any session). Never fails as a whole: failures are in the report.
+///
+/// `stop` is checked between steps: once it is set, the step in progress finishes and no new
+/// one starts (the daemon sets it on SIGTERM); the ledger lets the next pass go on.
 pub async fn run(
     client: &mut Client,
     config: &Config,
     opts: Options,
+    stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Report {
     let policy = DdlPolicy::from_config(&config.database);
@@ -292,7 +298,8 @@ pub async fn run(
         let tr = &mut report.tables[i];
         match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
             Ok(snap) => {
-                managable[i] = premake_table(client, &policy, table, &snap, opts, out, tr).await;
+                managable[i] =
+                    premake_table(client, &policy, table, &snap, opts, stop, out, tr).await;
             }
             Err(e) => tr
                 .errors
@@ -308,6 +315,7 @@ pub async fn run(
                 &policy,
                 table,
                 opts,
+                stop,
                 out,
                 &mut report.tables[i],
             )
@@ -323,6 +331,7 @@ pub async fn run(
                 &policy,
                 table,
                 opts,
+                stop,
                 out,
                 &mut report.tables[i],
             )
@@ -371,6 +380,7 @@ pub async fn premake_table(
     table: &TableConfig,
     snap: &TableSnapshot,
     opts: Options,
+    stop: &AtomicBool,
     out: &mut dyn Write,
     tr: &mut TableReport,
 ) -> bool {
@@ -383,6 +393,11 @@ pub async fn premake_table(
     };
     let parent = RelName::from(&table.name);
     for c in &creates {
+        if stop.load(Ordering::SeqCst) {
+            tr.notes
+                .push("stopping: the remaining partitions are left to the next pass".into());
+            break;
+        }
         if opts.dry_run {
             let _ = writeln!(out, "{}", c.action.to_sql(policy));
             tr.created.push(c.partition.to_string());
@@ -402,6 +417,7 @@ pub async fn premake_table(
                     tracing::info!(partition = %c.partition, rows = moved, "rows moved out of the DEFAULT partition");
                 }
                 tr.created.push(c.partition.to_string());
+                metrics::add(&metrics::PARTITIONS_CREATED, 1);
             }
             Err(e) => {
                 // Later periods depend on nothing here, but a failure usually means the same
@@ -423,6 +439,7 @@ async fn repair_indexes(
     policy: &DdlPolicy,
     table: &TableConfig,
     opts: Options,
+    stop: &AtomicBool,
     out: &mut dyn Write,
     tr: &mut TableReport,
 ) {
@@ -438,6 +455,9 @@ async fn repair_indexes(
     let (repairs, left) = indexes::plan(&parent, &snap);
     tr.notes.extend(left);
     for repair in &repairs {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         if opts.dry_run {
             let mut text = format!("-- {}\n", repair.label());
             for st in repair.statements() {
@@ -514,6 +534,7 @@ async fn expire_table(
     policy: &DdlPolicy,
     table: &TableConfig,
     opts: Options,
+    stop: &AtomicBool,
     out: &mut dyn Write,
     tr: &mut TableReport,
 ) {
@@ -554,6 +575,11 @@ async fn expire_table(
     tr.notes.extend(plan.notes);
     let has_default = snap.default_partition().is_some();
     for task in &plan.tasks {
+        if stop.load(Ordering::SeqCst) {
+            tr.notes
+                .push("stopping: the remaining expiries are left to the next pass".into());
+            break;
+        }
         if opts.dry_run {
             let _ = writeln!(
                 out,
@@ -574,6 +600,8 @@ async fn expire_table(
             Ok(bytes) => {
                 tr.archived_bytes += bytes;
                 tr.expired.push(task.partition.to_string());
+                metrics::add(&metrics::PARTITIONS_EXPIRED, 1);
+                metrics::add(&metrics::ARCHIVE_BYTES, bytes);
             }
             Err(e) => {
                 tracing::error!(partition = %task.partition, error = %e, "expiry step failed");

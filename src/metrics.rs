@@ -1,0 +1,207 @@
+//! Prometheus metrics: process-wide counters and per-table gauges, served as text on
+//! `GET /metrics` when `[metrics] listen` is set.
+//!
+//! Counters are plain atomics incremented where things happen (the DDL executor counts lock
+//! timeouts, the pass counts partitions); the daemon sets the gauges after each pass. The HTTP
+//! side is a minimal HTTP/1.0 responder: one request per connection, nothing else to serve.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Lock timeouts (SQLSTATE 55P03) met by DDL, retried or not.
+pub static LOCK_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+/// Partitions created.
+pub static PARTITIONS_CREATED: AtomicU64 = AtomicU64::new(0);
+/// Partitions expired (dropped or moved).
+pub static PARTITIONS_EXPIRED: AtomicU64 = AtomicU64::new(0);
+/// Bytes of archives written.
+pub static ARCHIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Passes that completed without error.
+pub static PASSES_OK: AtomicU64 = AtomicU64::new(0);
+/// Passes with at least one failed step.
+pub static PASSES_FAILED: AtomicU64 = AtomicU64::new(0);
+/// Scheduled passes skipped because one was still running.
+pub static PASSES_SKIPPED: AtomicU64 = AtomicU64::new(0);
+/// 1 while this instance holds the leader lock.
+pub static LEADER: AtomicU64 = AtomicU64::new(0);
+/// Unix time of the last successful pass (0: none yet).
+pub static LAST_SUCCESS_UNIX: AtomicU64 = AtomicU64::new(0);
+
+/// Per-table gauges: table → (runway periods, default partition has rows).
+static TABLES: Mutex<BTreeMap<String, (u32, bool)>> = Mutex::new(BTreeMap::new());
+
+/// Records the gauges of one table after a pass.
+pub fn set_table(table: &str, runway_periods: u32, default_has_rows: bool) {
+    TABLES
+        .lock()
+        .expect("metrics lock")
+        .insert(table.to_string(), (runway_periods, default_has_rows));
+}
+
+/// Adds `n` to a counter.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// The exposition text.
+pub fn render() -> String {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let mut s = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
+        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for l in lines {
+            s.push_str(&l);
+            s.push('\n');
+        }
+    };
+    let tables = TABLES.lock().expect("metrics lock").clone();
+    metric(
+        "partwarden_runway_periods",
+        "gauge",
+        "Whole periods after the current one that have partitions.",
+        tables
+            .iter()
+            .map(|(t, (r, _))| format!("partwarden_runway_periods{{table=\"{}\"}} {r}", escape(t)))
+            .collect(),
+    );
+    metric(
+        "partwarden_default_partition_has_rows",
+        "gauge",
+        "1 when the table's DEFAULT partition holds rows.",
+        tables
+            .iter()
+            .map(|(t, (_, d))| {
+                format!(
+                    "partwarden_default_partition_has_rows{{table=\"{}\"}} {}",
+                    escape(t),
+                    u8::from(*d)
+                )
+            })
+            .collect(),
+    );
+    metric(
+        "partwarden_last_successful_pass_timestamp_seconds",
+        "gauge",
+        "Unix time of the last pass without failures (0: none yet).",
+        vec![format!(
+            "partwarden_last_successful_pass_timestamp_seconds {}",
+            get(&LAST_SUCCESS_UNIX)
+        )],
+    );
+    metric(
+        "partwarden_passes_total",
+        "counter",
+        "Maintenance passes by result.",
+        vec![
+            format!(
+                "partwarden_passes_total{{result=\"ok\"}} {}",
+                get(&PASSES_OK)
+            ),
+            format!(
+                "partwarden_passes_total{{result=\"failed\"}} {}",
+                get(&PASSES_FAILED)
+            ),
+            format!(
+                "partwarden_passes_total{{result=\"skipped\"}} {}",
+                get(&PASSES_SKIPPED)
+            ),
+        ],
+    );
+    metric(
+        "partwarden_lock_timeouts_total",
+        "counter",
+        "DDL statements that hit lock_timeout.",
+        vec![format!(
+            "partwarden_lock_timeouts_total {}",
+            get(&LOCK_TIMEOUTS)
+        )],
+    );
+    metric(
+        "partwarden_partitions_created_total",
+        "counter",
+        "Partitions created.",
+        vec![format!(
+            "partwarden_partitions_created_total {}",
+            get(&PARTITIONS_CREATED)
+        )],
+    );
+    metric(
+        "partwarden_partitions_expired_total",
+        "counter",
+        "Partitions expired (dropped after a verified archive, moved, or dropped).",
+        vec![format!(
+            "partwarden_partitions_expired_total {}",
+            get(&PARTITIONS_EXPIRED)
+        )],
+    );
+    metric(
+        "partwarden_archive_bytes_total",
+        "counter",
+        "Bytes of archive files written.",
+        vec![format!(
+            "partwarden_archive_bytes_total {}",
+            get(&ARCHIVE_BYTES)
+        )],
+    );
+    metric(
+        "partwarden_leader",
+        "gauge",
+        "1 while this instance holds the leader lock and runs passes.",
+        vec![format!("partwarden_leader {}", get(&LEADER))],
+    );
+    s
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serves `GET /metrics` on `addr` until the task is dropped. Returns the bound address.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 2048];
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    stream.read(&mut buf),
+                )
+                .await
+                {
+                    Ok(Ok(n)) => n,
+                    _ => return,
+                };
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let (status, body, ctype) = if request.starts_with("GET /metrics ")
+                    || request.starts_with("GET /metrics?")
+                {
+                    ("200 OK", render(), "text/plain; version=0.0.4")
+                } else {
+                    (
+                        "404 Not Found",
+                        "not found; try /metrics\n".to_string(),
+                        "text/plain",
+                    )
+                };
+                let response = format!(
+                    "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok((local, task))
+}

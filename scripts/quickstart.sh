@@ -6,7 +6,7 @@
 # directory (and ./target) is touched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-postgres.sh
+scripts/ensure-test-deps.sh
 
 cargo build --release --quiet
 bin="$PWD/target/release/partwarden"

@@ -131,7 +131,7 @@ pub enum BootstrapError {
 pub async fn run(
     config: &Config,
     opts: Options,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
     let mut client = db::connect(&config.database).await?;
     let policy = DdlPolicy::from_config(&config.database);
@@ -152,7 +152,7 @@ async fn run_locked(
     config: &Config,
     policy: &DdlPolicy,
     opts: Options,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
     let steps = migrate::steps(&*client, MIGRATIONS).await?;
     let mut summary = Summary {
@@ -196,12 +196,15 @@ async fn run_locked(
                 }
                 pass::premake_table(
                     client,
-                    policy,
+                    &mut pass::Ctx {
+                        config,
+                        policy,
+                        opts: pass_opts,
+                        stop: &std::sync::atomic::AtomicBool::new(false),
+                        out: &mut *out,
+                    },
                     table,
                     &snap,
-                    pass_opts,
-                    &std::sync::atomic::AtomicBool::new(false),
-                    out,
                     &mut tr,
                 )
                 .await;

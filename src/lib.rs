@@ -23,6 +23,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod copyfmt;
+pub mod daemon;
 pub mod db;
 pub mod ddl;
 pub mod expiry;

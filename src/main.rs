@@ -6,37 +6,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use partwarden::cli::{Args, Format, Mode};
-use partwarden::config::Config;
-use partwarden::{bootstrap, check, pass, restore};
+use partwarden::config::{Config, LogFormat};
+use partwarden::{bootstrap, check, daemon, pass, restore};
 
 /// Success.
 const EXIT_OK: u8 = 0;
 /// The operation failed (database error, ...).
 const EXIT_FAILED: u8 = 1;
-/// Usage error (clap uses 2 as well).
-const EXIT_USAGE: u8 = 2;
-/// Configuration error (sysexits EX_CONFIG).
+/// Configuration error (sysexits EX_CONFIG). Usage errors exit 2, from clap.
 const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing();
     let mode = args.mode();
-    if mode == Mode::Daemon {
-        eprintln!(
-            "partwarden: the daemon (no mode flag) is not implemented in this version yet; use --bootstrap, --run-once, --check or --restore"
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         // --check speaks the monitoring-plugin convention even here: UNKNOWN, and valid JSON.
         Err(e) if mode == Mode::Check => {
             let report =
                 check::Report::unknown("configuration", format!("configuration error: {e}"));
-            let mut stdout = std::io::stdout().lock();
             print(
-                &mut stdout,
+                &mut std::io::stdout(),
                 args.format,
                 &report,
                 report.to_text(check::colour()),
@@ -48,6 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_tracing(config.daemon.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,7 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = std::io::stdout();
     let code = runtime.block_on(async {
         match mode {
             Mode::Bootstrap => {
@@ -94,29 +85,34 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Mode::Restore(manifest) => {
-                match restore::run(&config, &manifest, args.dry_run, &mut stdout).await {
-                    Ok(outcome) => {
-                        print(&mut stdout, args.format, &outcome, outcome.to_text());
-                        EXIT_OK
-                    }
+            Mode::Restore(manifest) => match restore::run(&config, &manifest, args.dry_run, &mut stdout).await {
+                Ok(outcome) => {
+                    print(&mut stdout, args.format, &outcome, outcome.to_text());
+                    EXIT_OK
+                }
+                Err(e) => {
+                    eprintln!("partwarden: restore failed: {e}");
+                    EXIT_FAILED
+                }
+            },
+            Mode::Check => {
+                let report = check::run(&config, args.now()).await;
+                print(&mut stdout, args.format, &report, report.to_text(check::colour()));
+                report.status.exit_code()
+            }
+            Mode::Daemon => {
+                if args.dry_run {
+                    eprintln!("partwarden: --dry-run needs a mode (--bootstrap, --run-once, --restore); the daemon has none");
+                    return 2;
+                }
+                match daemon::run(args.config.clone(), config.clone()).await {
+                    Ok(()) => EXIT_OK,
                     Err(e) => {
-                        eprintln!("partwarden: restore failed: {e}");
+                        eprintln!("partwarden: daemon cannot start: {e}");
                         EXIT_FAILED
                     }
                 }
             }
-            Mode::Check => {
-                let report = check::run(&config, args.now()).await;
-                print(
-                    &mut stdout,
-                    args.format,
-                    &report,
-                    report.to_text(check::colour()),
-                );
-                report.status.exit_code()
-            }
-            Mode::Daemon => unreachable!("refused above"),
         }
     });
     ExitCode::from(code)
@@ -130,13 +126,15 @@ fn print<T: serde::Serialize>(out: &mut impl Write, format: Format, value: &T, t
     let _ = out.write_all(text.as_bytes());
 }
 
-/// Human-readable logs on stderr, filtered by `RUST_LOG` (default `info`).
-fn init_tracing() {
+/// Logs on stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

@@ -243,7 +243,7 @@ pub async fn try_lock(client: &Client) -> Result<Result<(), i32>, tokio_postgres
 pub async fn run_once(
     config: &Config,
     opts: Options,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Report, PassError> {
     let mut client = db::connect(&config.database).await?;
     require_current_schema(&client).await?;
@@ -265,7 +265,7 @@ pub async fn run(
     config: &Config,
     opts: Options,
     stop: &AtomicBool,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Report {
     let policy = DdlPolicy::from_config(&config.database);
     let mut report = Report {
@@ -292,14 +292,20 @@ pub async fn run(
             }
         }
     }
+    let mut ctx = Ctx {
+        config,
+        policy: &policy,
+        opts,
+        stop,
+        out,
+    };
     // Phase 1: partitions ahead, for every table, before any expiry can take time.
     let mut managable = vec![false; config.tables.len()];
     for (i, table) in config.tables.iter().enumerate() {
         let tr = &mut report.tables[i];
         match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
             Ok(snap) => {
-                managable[i] =
-                    premake_table(client, &policy, table, &snap, opts, stop, out, tr).await;
+                managable[i] = premake_table(client, &mut ctx, table, &snap, tr).await;
             }
             Err(e) => tr
                 .errors
@@ -309,33 +315,13 @@ pub async fn run(
     // Phase 2: index repairs.
     for (i, table) in config.tables.iter().enumerate() {
         if managable[i] {
-            repair_indexes(
-                client,
-                config,
-                &policy,
-                table,
-                opts,
-                stop,
-                out,
-                &mut report.tables[i],
-            )
-            .await;
+            repair_indexes(client, &mut ctx, table, &mut report.tables[i]).await;
         }
     }
     // Phase 3: expiries.
     for (i, table) in config.tables.iter().enumerate() {
         if managable[i] {
-            expire_table(
-                client,
-                config,
-                &policy,
-                table,
-                opts,
-                stop,
-                out,
-                &mut report.tables[i],
-            )
-            .await;
+            expire_table(client, &mut ctx, table, &mut report.tables[i]).await;
         }
     }
     if !opts.dry_run {
@@ -373,18 +359,29 @@ pub async fn run(
     report
 }
 
+/// What every step of a pass needs besides the session and the table.
+pub struct Ctx<'a> {
+    /// The configuration of this pass.
+    pub config: &'a Config,
+    /// Lock timeout and retries of DDL.
+    pub policy: &'a DdlPolicy,
+    /// Dry run and clock.
+    pub opts: Options,
+    /// Set to stop between steps.
+    pub stop: &'a AtomicBool,
+    /// Where `--dry-run` prints the plan.
+    pub out: &'a mut (dyn Write + Send),
+}
+
 /// Creates the partitions `table` needs. Returns whether the table can be managed at all.
 pub async fn premake_table(
     client: &mut Client,
-    policy: &DdlPolicy,
+    ctx: &mut Ctx<'_>,
     table: &TableConfig,
     snap: &TableSnapshot,
-    opts: Options,
-    stop: &AtomicBool,
-    out: &mut dyn Write,
     tr: &mut TableReport,
 ) -> bool {
-    let creates = match premake::plan(table, snap, opts.now) {
+    let creates = match premake::plan(table, snap, ctx.opts.now) {
         Ok(c) => c,
         Err(e) => {
             tr.errors.push(e);
@@ -393,13 +390,13 @@ pub async fn premake_table(
     };
     let parent = RelName::from(&table.name);
     for c in &creates {
-        if stop.load(Ordering::SeqCst) {
+        if ctx.stop.load(Ordering::SeqCst) {
             tr.notes
                 .push("stopping: the remaining partitions are left to the next pass".into());
             break;
         }
-        if opts.dry_run {
-            let _ = writeln!(out, "{}", c.action.to_sql(policy));
+        if ctx.opts.dry_run {
+            let _ = writeln!(ctx.out, "{}", c.action.to_sql(ctx.policy));
             tr.created.push(c.partition.to_string());
             continue;
         }
@@ -410,7 +407,7 @@ pub async fn premake_table(
             upper: Some(c.period.end),
             step: Step::Create,
         };
-        match ddl::execute(client, policy, &c.action, Some(&event)).await {
+        match ddl::execute(client, ctx.policy, &c.action, Some(&event)).await {
             Ok(outcome) => {
                 let moved: u64 = outcome.rows.iter().sum();
                 if moved > 0 {
@@ -435,12 +432,8 @@ pub async fn premake_table(
 /// reused) and attached to the parent index.
 async fn repair_indexes(
     client: &mut Client,
-    config: &Config,
-    policy: &DdlPolicy,
+    ctx: &mut Ctx<'_>,
     table: &TableConfig,
-    opts: Options,
-    stop: &AtomicBool,
-    out: &mut dyn Write,
     tr: &mut TableReport,
 ) {
     let parent = RelName::from(&table.name);
@@ -455,20 +448,20 @@ async fn repair_indexes(
     let (repairs, left) = indexes::plan(&parent, &snap);
     tr.notes.extend(left);
     for repair in &repairs {
-        if stop.load(Ordering::SeqCst) {
+        if ctx.stop.load(Ordering::SeqCst) {
             break;
         }
-        if opts.dry_run {
+        if ctx.opts.dry_run {
             let mut text = format!("-- {}\n", repair.label());
             for st in repair.statements() {
                 text.push_str(&st);
                 text.push_str(";\n");
             }
-            let _ = writeln!(out, "{text}");
+            let _ = writeln!(ctx.out, "{text}");
             tr.indexes_repaired.push(repair.label());
             continue;
         }
-        match run_repair(client, config, policy, repair).await {
+        match run_repair(client, ctx.config, ctx.policy, repair).await {
             Ok(()) => {
                 tracing::info!(repair = %repair.label(), "index repaired");
                 tr.indexes_repaired.push(repair.label());
@@ -530,12 +523,8 @@ async fn run_repair(
 
 async fn expire_table(
     client: &mut Client,
-    config: &Config,
-    policy: &DdlPolicy,
+    ctx: &mut Ctx<'_>,
     table: &TableConfig,
-    opts: Options,
-    stop: &AtomicBool,
-    out: &mut dyn Write,
     tr: &mut TableReport,
 ) {
     let parent = RelName::from(&table.name);
@@ -569,29 +558,29 @@ async fn expire_table(
         table,
         &snap,
         &unfinished,
-        opts.now,
-        config.maintenance.max_expired_per_pass,
+        ctx.opts.now,
+        ctx.config.maintenance.max_expired_per_pass,
     );
     tr.notes.extend(plan.notes);
     let has_default = snap.default_partition().is_some();
     for task in &plan.tasks {
-        if stop.load(Ordering::SeqCst) {
+        if ctx.stop.load(Ordering::SeqCst) {
             tr.notes
                 .push("stopping: the remaining expiries are left to the next pass".into());
             break;
         }
-        if opts.dry_run {
+        if ctx.opts.dry_run {
             let _ = writeln!(
-                out,
+                ctx.out,
                 "{}",
-                describe_expiry(config, policy, table, task, has_default)
+                describe_expiry(ctx.config, ctx.policy, table, task, has_default)
             );
             tr.expired.push(task.partition.to_string());
             continue;
         }
         let expiring = Expiring {
-            config,
-            policy,
+            config: ctx.config,
+            policy: ctx.policy,
             table,
             parent: &parent,
             task,

@@ -86,7 +86,7 @@ pub async fn run(
     config: &Config,
     manifest_path: &Path,
     dry_run: bool,
-    out: &mut dyn Write,
+    out: &mut (dyn Write + Send),
 ) -> Result<Outcome, RestoreError> {
     let m = archive::read_manifest(manifest_path)?;
     let rows = archive::check_file(manifest_path, &m).await?;

@@ -4,6 +4,7 @@
 mod bootstrap;
 mod check;
 mod cli;
+mod daemon;
 mod lifecycle;
 mod pg;
 mod support;

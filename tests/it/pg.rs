@@ -65,6 +65,24 @@ fn start() -> Server {
             _guardian: None,
         };
     }
+    start_local()
+}
+
+/// Server settings for tests: durability off (the data is thrown away), connections for
+/// parallel tests.
+const PG_OPTIONS: &str = "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300";
+
+/// A server of its own, for a test that stops and starts it (the shared one must stay up).
+/// Panics when `PARTWARDEN_TEST_DATABASE_URL` is set: such a test needs a server it controls.
+pub fn private_server() -> Server {
+    assert!(
+        std::env::var("PARTWARDEN_TEST_DATABASE_URL").is_err(),
+        "this test stops and starts PostgreSQL, so it needs the harness's own server: unset PARTWARDEN_TEST_DATABASE_URL"
+    );
+    start_local()
+}
+
+fn start_local() -> Server {
     let dir = tempfile::Builder::new()
         .prefix("partwarden-test-pg-")
         .tempdir()
@@ -113,7 +131,7 @@ fn start() -> Server {
 set -u
 run() { if [ "$AS_ROOT" = 1 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 if run pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
-     -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+     -o "-p $PORT -k $DIR $OPTS" \
      start >/dev/null 2>&1; then
   echo ready
 else
@@ -132,6 +150,7 @@ rm -rf "$DIR"
         .env("AS_ROOT", if as_root { "1" } else { "0" })
         .env("DIR", &dir)
         .env("PORT", port.to_string())
+        .env("OPTS", PG_OPTIONS)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -172,6 +191,41 @@ fn free_port() -> u16 {
 }
 
 impl Server {
+    /// Stops this (private) server, fast mode: sessions are disconnected.
+    pub fn stop(&self) {
+        let dir = self.dir.as_ref().expect("a local server");
+        let ok = as_postgres(running_as_root(), "pg_ctl")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+            .success();
+        assert!(ok, "pg_ctl stop failed");
+    }
+
+    /// Starts this (private) server again on the same port.
+    pub fn start_again(&self) {
+        let dir = self.dir.as_ref().expect("a local server");
+        let ok = as_postgres(running_as_root(), "pg_ctl")
+            .arg("-D")
+            .arg(dir.join("data"))
+            .arg("-l")
+            .arg(dir.join("server.log"))
+            .args([
+                "-w",
+                "-o",
+                &format!("-p {} -k {} {PG_OPTIONS}", self.port, dir.display()),
+                "start",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl runs")
+            .success();
+        assert!(ok, "pg_ctl start failed");
+    }
+
     /// A key=value connection string for `dbname`.
     pub fn url(&self, dbname: &str) -> String {
         let mut s = format!(
@@ -216,7 +270,11 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a fresh, empty database named after the test.
     pub async fn new(test: &str) -> TestDb {
-        let server = server();
+        TestDb::on(server(), test).await
+    }
+
+    /// A fresh database on `server` (e.g. a private one).
+    pub async fn on(server: &Server, test: &str) -> TestDb {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("pw_{}_{}_{}", test, std::process::id(), n);
         let admin = connect(&server.url("postgres")).await;

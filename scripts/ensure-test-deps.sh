@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Makes sure what the tests need is here: the PostgreSQL server binaries (initdb, pg_ctl,
+# postgres) on PATH, installing Debian's postgresql package when they are missing; a `postgres`
+# OS user when running as root (PostgreSQL refuses to run as root); systemd-analyze, to verify
+# the unit files. Prints what it found.
+set -euo pipefail
+if ! command -v initdb >/dev/null 2>&1; then
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -z "$bindir" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-test-deps: installing PostgreSQL server binaries" >&2
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  fi
+  if [ -z "$bindir" ]; then
+    echo "ensure-test-deps: no initdb on PATH and cannot install PostgreSQL" >&2
+    exit 1
+  fi
+  # Link into /usr/local/bin so that every later process (cargo test) finds them.
+  for b in initdb pg_ctl postgres; do
+    ln -sf "$bindir/$b" "/usr/local/bin/$b"
+  done
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home-dir /var/lib/postgresql --shell /bin/sh postgres
+fi
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing systemd (for systemd-analyze)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1)" >&2

@@ -1,0 +1,455 @@
+//! The daemon: `partwarden` with no mode flag, as a systemd service.
+//!
+//! One loop owns everything that changes state: the database session, the leader role, the
+//! pass in progress and the schedule. It waits on signals (SIGTERM/SIGINT stop, SIGHUP
+//! reloads), on scheduler ticks, on the pass in progress, and (while the database is away) on
+//! the next reconnect attempt. Passes run as a task that owns the session for their duration,
+//! so the loop keeps answering signals while a pass runs, and ticks that come meanwhile are
+//! skipped by the [`Gate`].
+//!
+//! **One leader.** The session that runs passes holds the pass advisory lock (session level, on
+//! this dedicated connection, never pooled). Other instances are standbys: they try the lock at
+//! every tick, so they take over within one schedule period when the leader goes away. DDL only
+//! ever runs on the lock-holding session, so when that connection is lost the leader can issue
+//! no more DDL, and the server has already released its lock for the next leader.
+//!
+//! **Outages.** An unreachable database never stops the daemon: it retries with capped
+//! exponential backoff (1 s to 60 s), logging each attempt, and resumes; a step interrupted by
+//! the outage is finished by the next pass (the ledger).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::Client;
+
+use crate::catalog::{self, RelName};
+use crate::config::Config;
+use crate::db;
+use crate::metrics;
+use crate::notify::{self, Notifier};
+use crate::pass::{self, PassError};
+use crate::scheduler::{Gate, Outcomes, Schedule};
+
+/// First wait after a failed connection attempt; doubled after each further failure.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between connection attempts.
+const RECONNECT_CAP: Duration = Duration::from_secs(60);
+
+/// Why the daemon could not start (after start, nothing stops it but a signal).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The scheduler could not start.
+    #[error("{0}")]
+    Schedule(String),
+    /// Signal handlers could not be installed, or the metrics address could not be bound.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What this instance is, towards the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Role {
+    /// No session.
+    Disconnected(String),
+    /// Connected, but the schema is not what this binary needs; no passes.
+    SchemaNotCurrent(String),
+    /// Connected to a server in recovery: no DDL is ever sent to it.
+    InRecovery,
+    /// Another session holds the pass lock.
+    Standby(i32),
+    /// This session holds the pass lock and runs passes.
+    Leader,
+}
+
+impl Role {
+    fn describe(&self) -> String {
+        match self {
+            Role::Disconnected(why) => format!("waiting for the database: {why}"),
+            Role::SchemaNotCurrent(why) => format!("schema not current: {why}"),
+            Role::InRecovery => "standby: the server is in recovery".into(),
+            Role::Standby(pid) => format!("standby: pid {pid} holds the leader lock"),
+            Role::Leader => "leader".into(),
+        }
+    }
+}
+
+/// A pass in progress, owning the session until it ends. It is polled by the daemon's loop
+/// itself rather than spawned, so the loop is the only owner of the session at all times.
+type Running = Pin<Box<dyn Future<Output = (Client, pass::Report)>>>;
+
+/// Runs the daemon until SIGTERM or SIGINT. Returns an error only when it cannot start.
+pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+    let notifier = Arc::new(Notifier::from_env());
+    let mut config = Arc::new(config);
+    let io = |what: &str, e: std::io::Error| DaemonError::Io(format!("{what}: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| io("SIGTERM handler", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| io("SIGINT handler", e))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(|e| io("SIGHUP handler", e))?;
+    let mut metrics_server = start_metrics(&config).await?;
+
+    let gate = Arc::new(Gate::default());
+    let (tx, mut ticks) = mpsc::channel::<()>(1);
+    let mut schedule = Schedule::start(&config.maintenance.schedule, gate.clone(), tx.clone())
+        .await
+        .map_err(DaemonError::Schedule)?;
+    let heartbeat = schedule.heartbeat.clone();
+    let watchdog = notify::watchdog_interval().map(|every| {
+        let notifier = notifier.clone();
+        let heartbeat = heartbeat.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                let age = Utc::now().timestamp_millis() - heartbeat.load(Ordering::SeqCst);
+                if age < (crate::scheduler::HEARTBEAT_EVERY * 3).as_millis() as i64 {
+                    notifier.watchdog();
+                } else {
+                    tracing::error!(
+                        heartbeat_age_ms = age,
+                        "the scheduler has stopped ticking; not feeding the watchdog"
+                    );
+                }
+            }
+        })
+    });
+    tracing::info!(schedule = %config.maintenance.schedule, tables = config.tables.len(), "partwarden daemon starting");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut client: Option<Client> = None;
+    let mut role = Role::Disconnected("not connected yet".into());
+    let mut backoff = RECONNECT_FIRST;
+    let mut next_attempt = Instant::now();
+    let mut running: Option<Running> = None;
+    let mut outcomes = Outcomes::default();
+    let mut ready_sent = false;
+    let mut last_pass = String::from("no pass yet");
+    // A pass runs as soon as this instance can (reconcile), then on schedule.
+    let mut reconcile = true;
+    set_status(&notifier, &role, &last_pass, &outcomes);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                match crate::config::Config::load(&config_path) {
+                    Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the running configuration"),
+                    Ok(new) => {
+                        let new = Arc::new(new);
+                        if new.maintenance.schedule != config.maintenance.schedule {
+                            match Schedule::start(&new.maintenance.schedule, gate.clone(), tx.clone()).await {
+                                Ok(s) => std::mem::replace(&mut schedule, s).stop().await,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
+                                    continue;
+                                }
+                            }
+                        }
+                        if new.metrics.listen != config.metrics.listen {
+                            if let Some((_, task)) = metrics_server.take() {
+                                task.abort();
+                            }
+                            metrics_server = start_metrics(&new).await.unwrap_or_else(|e| {
+                                tracing::error!(error = %e, "metrics endpoint not restarted");
+                                None
+                            });
+                        }
+                        if format!("{:?}", new.database) != format!("{:?}", config.database) && running.is_none() {
+                            // New connection settings: give up the session (and the lock) and
+                            // connect again with the new ones.
+                            client = None;
+                            metrics::LEADER.store(0, Ordering::SeqCst);
+                            role = Role::Disconnected("reconnecting with the reloaded settings".into());
+                            next_attempt = Instant::now();
+                        }
+                        config = new;
+                        tracing::info!("configuration reloaded");
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_attempt), if client.is_none() && running.is_none() => {
+                match db::connect(&config.database).await {
+                    Ok(c) => {
+                        tracing::info!("connected to PostgreSQL");
+                        backoff = RECONNECT_FIRST;
+                        client = Some(c);
+                        role = establish(client.as_ref().expect("just set"), &role).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "database unreachable; retrying");
+                        role = Role::Disconnected(e.to_string());
+                        next_attempt = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(RECONNECT_CAP);
+                    }
+                }
+                if !ready_sent && !matches!(role, Role::Disconnected(_) | Role::SchemaNotCurrent(_)) {
+                    notifier.ready();
+                    ready_sent = true;
+                }
+                set_status(&notifier, &role, &last_pass, &outcomes);
+                if reconcile && role == Role::Leader {
+                    reconcile = false;
+                    running = Some(start_pass(&gate, client.take().expect("leader has a session"), config.clone(), stop.clone()));
+                }
+            }
+            Some(()) = ticks.recv(), if running.is_none() => {
+                let Some(c) = client.as_ref() else {
+                    tracing::warn!("maintenance pass due, but the database is unreachable: skipped");
+                    continue;
+                };
+                if c.is_closed() {
+                    lost_session(&mut client, &mut role, &mut next_attempt);
+                    set_status(&notifier, &role, &last_pass, &outcomes);
+                    continue;
+                }
+                let before = role.clone();
+                role = establish(c, &role).await;
+                if role != before {
+                    tracing::info!(role = %role.describe(), "role changed");
+                }
+                if !ready_sent && !matches!(role, Role::Disconnected(_) | Role::SchemaNotCurrent(_)) {
+                    notifier.ready();
+                    ready_sent = true;
+                }
+                set_status(&notifier, &role, &last_pass, &outcomes);
+                if role == Role::Leader {
+                    reconcile = false;
+                    running = Some(start_pass(&gate, client.take().expect("checked above"), config.clone(), stop.clone()));
+                }
+            }
+            done = join(&mut running) => {
+                running = None;
+                gate.set_running(false);
+                                {
+                    let (c, report) = done;
+                    {
+                        let ok = report.ok();
+                        outcomes.record(ok);
+                        metrics::add(if ok { &metrics::PASSES_OK } else { &metrics::PASSES_FAILED }, 1);
+                        if ok {
+                            metrics::LAST_SUCCESS_UNIX.store(Utc::now().timestamp().max(0) as u64, Ordering::SeqCst);
+                        }
+                        for t in &report.tables {
+                            tracing::info!(table = %t.table, created = t.created.len(), expired = t.expired.len(),
+                                archived_bytes = t.archived_bytes, errors = t.errors.len(), "pass: {}", t.summary_line(false));
+                            for e in &t.errors {
+                                tracing::error!(table = %t.table, error = %e, "pass step failed");
+                            }
+                        }
+                        if !ok {
+                            tracing::warn!(consecutive_failures = outcomes.consecutive_failures, "maintenance pass had failures");
+                        }
+                        last_pass = pass_summary(&report, ok);
+                        if c.is_closed() {
+                            client = Some(c);
+                            lost_session(&mut client, &mut role, &mut next_attempt);
+                        } else {
+                            update_gauges(&c, &config, &report).await;
+                            client = Some(c);
+                        }
+                    }
+                                    }
+                set_status(&notifier, &role, &last_pass, &outcomes);
+            }
+        }
+    }
+
+    notifier.stopping();
+    notifier.status("stopping");
+    schedule.stop().await;
+    stop.store(true, Ordering::SeqCst);
+    if let Some(handle) = running.take() {
+        tracing::info!(
+            timeout_s = config.daemon.shutdown_timeout.as_secs(),
+            "waiting for the step in progress to finish"
+        );
+        match tokio::time::timeout(config.daemon.shutdown_timeout, handle).await {
+            Ok((c, _)) => client = Some(c),
+            Err(_) => tracing::warn!(
+                "the step in progress did not finish within shutdown_timeout; exiting anyway (the next pass finishes it)"
+            ),
+        }
+    }
+    if let Some(c) = client.take()
+        && role == Role::Leader
+        && let Err(e) = c
+            .execute("SELECT pg_advisory_unlock($1)", &[&pass::PASS_LOCK_KEY])
+            .await
+    {
+        tracing::debug!(error = %db::error_text(&e), "releasing the leader lock");
+    }
+    metrics::LEADER.store(0, Ordering::SeqCst);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    if let Some((_, task)) = metrics_server {
+        task.abort();
+    }
+    tracing::info!("partwarden daemon stopped");
+    Ok(())
+}
+
+async fn start_metrics(
+    config: &Config,
+) -> Result<Option<(std::net::SocketAddr, JoinHandle<()>)>, DaemonError> {
+    let Some(addr) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let (local, task) = metrics::serve(addr)
+        .await
+        .map_err(|e| DaemonError::Io(format!("metrics endpoint {addr}: {e}")))?;
+    tracing::info!(address = %local, "serving Prometheus metrics on /metrics");
+    Ok(Some((local, task)))
+}
+
+/// Decides the role of a connected session: in recovery, schema not current, leader (lock
+/// taken now or held already), or standby.
+async fn establish(client: &Client, current: &Role) -> Role {
+    if *current == Role::Leader {
+        // Still ours as long as the session lives; check it answers.
+        return match client.simple_query("SELECT 1").await {
+            Ok(_) => Role::Leader,
+            Err(e) => Role::Disconnected(db::error_text(&e)),
+        };
+    }
+    let recovery = match client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+        Ok(r) => r.get::<_, bool>(0),
+        Err(e) => return Role::Disconnected(db::error_text(&e)),
+    };
+    if recovery {
+        return Role::InRecovery;
+    }
+    if let Err(e) = pass::require_current_schema(client).await {
+        if !matches!(current, Role::SchemaNotCurrent(_)) {
+            tracing::error!(error = %e, "not running passes until the schema is current");
+        }
+        return match e {
+            PassError::Db(e) => Role::Disconnected(db::error_text(&e)),
+            other => Role::SchemaNotCurrent(other.to_string()),
+        };
+    }
+    match pass::try_lock(client).await {
+        Ok(Ok(())) => {
+            tracing::info!("became leader: this instance runs the maintenance passes");
+            metrics::LEADER.store(1, Ordering::SeqCst);
+            Role::Leader
+        }
+        Ok(Err(pid)) => {
+            if *current != Role::Standby(pid) {
+                tracing::info!(
+                    leader_pid = pid,
+                    "standby: another instance holds the leader lock"
+                );
+            }
+            Role::Standby(pid)
+        }
+        Err(e) => Role::Disconnected(db::error_text(&e)),
+    }
+}
+
+fn lost_session(client: &mut Option<Client>, role: &mut Role, next_attempt: &mut Instant) {
+    if *role == Role::Leader {
+        tracing::error!(
+            "lost the database session: no more DDL from this instance until it reconnects and leads again"
+        );
+    } else {
+        tracing::warn!("lost the database session; reconnecting");
+    }
+    *client = None;
+    *role = Role::Disconnected("session lost".into());
+    metrics::LEADER.store(0, Ordering::SeqCst);
+    *next_attempt = Instant::now();
+}
+
+fn start_pass(
+    gate: &Arc<Gate>,
+    mut client: Client,
+    config: Arc<Config>,
+    stop: Arc<AtomicBool>,
+) -> Running {
+    gate.set_running(true);
+    Box::pin(async move {
+        let opts = pass::Options {
+            dry_run: false,
+            now: Utc::now(),
+        };
+        let started = std::time::Instant::now();
+        let report = pass::run(&mut client, &config, opts, &stop, &mut std::io::sink()).await;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = report.ok(),
+            "maintenance pass finished"
+        );
+        (client, report)
+    })
+}
+
+async fn join(running: &mut Option<Running>) -> (Client, pass::Report) {
+    match running {
+        Some(pass) => pass.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn pass_summary(report: &pass::Report, ok: bool) -> String {
+    let created: usize = report.tables.iter().map(|t| t.created.len()).sum();
+    let expired: usize = report.tables.iter().map(|t| t.expired.len()).sum();
+    let runway = report
+        .tables
+        .iter()
+        .filter_map(|t| {
+            t.runway
+                .as_ref()
+                .map(|r| format!("{} {} periods", t.table, r.periods_ahead))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "last pass {} at {} (created {created}, expired {expired}); runway {runway}",
+        if ok { "ok" } else { "FAILED" },
+        Utc::now().format("%H:%M:%SZ")
+    )
+}
+
+fn set_status(notifier: &Notifier, role: &Role, last_pass: &str, outcomes: &Outcomes) {
+    let failures = if outcomes.consecutive_failures > 0 {
+        format!(
+            "; {} consecutive failed passes",
+            outcomes.consecutive_failures
+        )
+    } else {
+        String::new()
+    };
+    notifier.status(&format!("{}; {last_pass}{failures}", role.describe()));
+}
+
+async fn update_gauges(client: &Client, config: &Config, report: &pass::Report) {
+    for (table, tr) in config.tables.iter().zip(&report.tables) {
+        let rel = RelName::from(&table.name);
+        let has_rows = match catalog::snapshot(client, &rel).await {
+            Ok(snap) => match snap.default_partition() {
+                None => false,
+                Some(d) => client
+                    .query_one(
+                        &format!("SELECT EXISTS (SELECT 1 FROM ONLY {})", d.name.quoted()),
+                        &[],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .unwrap_or(false),
+            },
+            Err(_) => false,
+        };
+        let periods = tr.runway.as_ref().map_or(0, |r| r.periods_ahead);
+        metrics::set_table(&tr.table, periods, has_rows);
+    }
+}

@@ -1,0 +1,452 @@
+//! The daemon, driven as a real child process: partitions appear, signals, reload, outages,
+//! two instances, systemd notifications, unit files.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Months, Utc};
+use partwarden::period::Interval;
+
+use crate::support::{TestDb, partwarden, path_str, private_server};
+
+fn month(ahead: u32) -> String {
+    format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(ahead))
+    )
+}
+
+/// A bootstrapped database's config with a schedule of every second.
+fn daemon_config(db: &TestDb, extra: &str) -> PathBuf {
+    let config = db.write_config("", extra);
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "archive_dir = \"archive\"\n",
+        "archive_dir = \"archive\"\nschedule = \"* * * * * *\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_partwarden"));
+        cmd.args(["--config", path_str(config)])
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Daemon {
+            child: cmd.spawn().expect("start the daemon"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` appears `count` times in the log.
+    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= count {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig}");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn exists(db: &TestDb, rel: &str) -> bool {
+    db.client()
+        .await
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn wait_exists(db: &TestDb, rel: &str, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if exists(db, rel).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Collects the datagrams sent to a socket the test provides as NOTIFY_SOCKET.
+fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    (path, got)
+}
+
+#[tokio::test]
+async fn runs_passes_notifies_systemd_and_stops_on_sigterm() {
+    let db = TestDb::new("daemon_basic").await;
+    let config = daemon_config(&db, "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    db.client()
+        .await
+        .batch_execute(&format!("DROP TABLE {}", month(3)))
+        .await
+        .unwrap();
+    let (socket, messages) = notify_socket(db.dir.path());
+    let mut d = Daemon::start(
+        &config,
+        db.dir.path().join("daemon.log"),
+        &[
+            ("NOTIFY_SOCKET", path_str(&socket)),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    assert!(
+        wait_exists(&db, &month(3), Duration::from_secs(15)).await,
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("maintenance pass finished", 3, Duration::from_secs(10)),
+        "passes on schedule: {}",
+        d.log()
+    );
+    // The Prometheus endpoint, on the port the log names.
+    let log = d.log();
+    let addr = log
+        .split("serving Prometheus metrics on /metrics address=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("metrics address logged")
+        .to_string();
+    let metrics = http_get(&addr, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.0 200 OK"), "{metrics}");
+    for needle in [
+        "partwarden_runway_periods{table=\"public.market_odds_history\"} 3",
+        "partwarden_default_partition_has_rows{table=\"public.market_odds_history\"} 0",
+        "partwarden_passes_total{result=\"ok\"}",
+        "partwarden_partitions_created_total 1",
+        "partwarden_leader 1",
+        "partwarden_lock_timeouts_total 0",
+        "partwarden_archive_bytes_total 0",
+        "partwarden_last_successful_pass_timestamp_seconds 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in {metrics}");
+    }
+    assert!(http_get(&addr, "/").starts_with("HTTP/1.0 404"));
+    // Give the watchdog a beat.
+    std::thread::sleep(Duration::from_millis(1200));
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
+    assert!(d.log().contains("partwarden daemon stopped"));
+    std::thread::sleep(Duration::from_millis(300));
+    let got = messages.lock().unwrap().clone();
+    let pos = |m: &str| got.iter().position(|x| x.starts_with(m));
+    assert!(pos("READY=1").is_some(), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|m| m.starts_with("STATUS=leader; last pass ok")),
+        "{got:?}"
+    );
+    assert!(pos("WATCHDOG=1").is_some(), "{got:?}");
+    assert!(
+        pos("STOPPING=1").unwrap() > pos("READY=1").unwrap(),
+        "{got:?}"
+    );
+    // The ledger shows the passes.
+    let passes: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM partwarden.partition_events WHERE step = 'pass' AND error IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(passes >= 3, "{passes}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_or_keeps_the_old_configuration() {
+    let db = TestDb::new("daemon_sighup").await;
+    let config = daemon_config(&db, "");
+    let mut d = Daemon::start(&config, db.dir.path().join("daemon.log"), &[]);
+    assert!(
+        d.wait_log("maintenance pass finished", 1, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{good}\n[daemon]\nbogus_key = 1\n")).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log("configuration reload failed", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(d.alive());
+    let before = d.log().matches("maintenance pass finished").count();
+    assert!(
+        d.wait_log(
+            "maintenance pass finished",
+            before + 2,
+            Duration::from_secs(10)
+        ),
+        "still running passes"
+    );
+    std::fs::write(
+        &config,
+        good.replace("schedule = \"* * * * * *\"", "schedule = \"*/2 * * * * *\""),
+    )
+    .unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log("configuration reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+#[tokio::test]
+async fn survives_the_database_going_away_and_coming_back() {
+    let server = private_server();
+    let db = TestDb::on(&server, "daemon_outage").await;
+    let config = daemon_config(&db, "");
+    // Down before the daemon starts: it waits, and is not READY.
+    server.stop();
+    let (socket, messages) = notify_socket(db.dir.path());
+    let mut d = Daemon::start(
+        &config,
+        db.dir.path().join("daemon.log"),
+        &[("NOTIFY_SOCKET", path_str(&socket))],
+    );
+    assert!(
+        d.wait_log("database unreachable; retrying", 2, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    assert!(d.alive());
+    assert!(!messages.lock().unwrap().iter().any(|m| m == "READY=1"));
+    server.start_again();
+    assert!(
+        d.wait_log("became leader", 1, Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("ok=true", 1, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    assert!(messages.lock().unwrap().iter().any(|m| m == "READY=1"));
+
+    // Restarted while running: the session is lost, the daemon reconnects and leads again.
+    server.stop();
+    assert!(
+        d.wait_log("lost the database session", 1, Duration::from_secs(10))
+            || d.wait_log("database unreachable", 3, Duration::from_secs(10)),
+        "{}",
+        d.log()
+    );
+    assert!(d.alive(), "never exits because the database went away");
+    server.start_again();
+    assert!(
+        d.wait_log("became leader", 2, Duration::from_secs(20)),
+        "{}",
+        d.log()
+    );
+    // And the passes work again: a dropped partition comes back.
+    db.client()
+        .await
+        .batch_execute(&format!("DROP TABLE {}", month(3)))
+        .await
+        .unwrap();
+    assert!(
+        wait_exists(&db, &month(3), Duration::from_secs(15)).await,
+        "{}",
+        d.log()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    server.stop();
+}
+
+#[tokio::test]
+async fn two_daemons_one_leader_and_the_standby_takes_over() {
+    let db = TestDb::new("daemon_two").await;
+    let config = daemon_config(&db, "");
+    let mut a = Daemon::start(&config, db.dir.path().join("a.log"), &[]);
+    assert!(
+        a.wait_log("became leader", 1, Duration::from_secs(10)),
+        "{}",
+        a.log()
+    );
+    let mut b = Daemon::start(&config, db.dir.path().join("b.log"), &[]);
+    assert!(
+        b.wait_log(
+            "standby: another instance holds the leader lock",
+            1,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        b.log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !b.log().contains("became leader"),
+        "exactly one leader: {}",
+        b.log()
+    );
+    assert!(
+        !b.log().contains("maintenance pass finished"),
+        "the standby runs no pass"
+    );
+    // The leader dies without a goodbye; the standby takes over within a schedule period.
+    let killed_at = Instant::now();
+    a.signal("KILL");
+    assert!(
+        b.wait_log("became leader", 1, Duration::from_secs(10)),
+        "{}",
+        b.log()
+    );
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed_at.elapsed()
+    );
+    assert!(b.wait_log("maintenance pass finished", 1, Duration::from_secs(5)));
+    b.signal("TERM");
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), Some(0));
+    let _ = a.wait_exit(Duration::from_secs(1));
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn systemd_units_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&units).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        // systemd-analyze checks that ExecStart exists: point it at the binary just built.
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "/usr/local/bin/partwarden",
+            env!("CARGO_BIN_EXE_partwarden"),
+        );
+        std::fs::write(dir.path().join(&name), text).unwrap();
+        names.push(name);
+    }
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "partwarden-bootstrap.service",
+            "partwarden-check.service",
+            "partwarden-check.timer",
+            "partwarden.service"
+        ]
+    );
+    for name in &names {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.path().join(name))
+            .output()
+            .expect("systemd-analyze is installed (scripts/ensure-test-deps.sh installs it on CI)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.trim().is_empty(),
+            "{name}: {stderr}"
+        );
+    }
+    let service = std::fs::read_to_string(units.join("partwarden.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "StateDirectory=partwarden",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "CapabilityBoundingSet=\n",
+        "SystemCallFilter=@system-service",
+    ] {
+        assert!(service.contains(line), "partwarden.service lacks {line:?}");
+    }
+}

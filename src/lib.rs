@@ -34,6 +34,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod migrate;
 pub mod notify;
+pub mod odds;
 pub mod pass;
 pub mod period;
 pub mod premake;

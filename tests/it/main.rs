@@ -6,5 +6,6 @@ mod check;
 mod cli;
 mod daemon;
 mod lifecycle;
+mod odds;
 mod pg;
 mod support;

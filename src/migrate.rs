@@ -42,6 +42,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0002_partition_events.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 3,
+        name: "write_odds",
+        sql: include_str!("../schema/0003_write_odds.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").

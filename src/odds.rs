@@ -1,25 +1,28 @@
 //! The odds write path: one round trip per scrape batch, at the database's speed.
 //!
-//! Application writers call [`write_batch`] with a scrape's markets. It sends one statement
-//! with typed array parameters (no SQL is built from values) that, on the server:
+//! Application writers call [`write_batch`] with a scrape's markets. It keeps the latest
+//! scrape of each key when a batch repeats one (the later row of the batch when the instants
+//! tie), sorts the batch by key, and sends one statement with typed array parameters (no SQL is
+//! built from values): a call of `partwarden.write_odds`, which migration `0003_write_odds`
+//! creates. On the server, in one pass over the batch in key order (so concurrent writers with
+//! overlapping keys take their row locks in one global order and never deadlock):
 //!
-//! 1. keeps the latest scrape of each key when a batch repeats one (the later row of the batch
-//!    when the instants tie);
-//! 2. locks the markets that already exist, in key order (so concurrent writers with
-//!    overlapping keys never deadlock), and compares their outcomes with the new ones as the
-//!    application does: the same selections with the same odds and `is_active`, in any order;
-//! 3. upserts `market_odds_current` on its conflict target, the unique index
+//! 1. `market_odds_current` is upserted on its conflict target, the unique index
 //!    `(event_id, bookmaker_slug, betpawa_market_id, COALESCE(line, 0))`: new markets are
-//!    inserted; changed markets get their outcomes and `last_updated_at` = the scrape instant;
-//!    unchanged markets only get `last_confirmed_at` bumped;
-//! 4. writes a `market_odds_history` row (`captured_at` = the scrape instant) for every new or
-//!    changed market, and none for unchanged ones: the change-only history.
+//!    inserted;
+//! 2. an existing market's outcomes are compared with the new ones as the application does: the
+//!    same selections with the same odds and `is_active`, in any order. Changed markets get the
+//!    new outcomes and `last_updated_at` = the scrape instant; unchanged ones only get
+//!    `last_confirmed_at` bumped;
+//! 3. every new or changed market gets a `market_odds_history` row (`captured_at` = the scrape
+//!    instant); unchanged ones get none: the change-only history.
 //!
 //! A NULL line and line 0 are the same market (that is what `COALESCE(line, 0)` in the unique
 //! index means): writing line 0 updates the market stored with a NULL line, and vice versa.
 //!
-//! A scrape older than what is stored for a market (`last_confirmed_at`) is ignored for that
-//! market and counted as stale, so batches applied out of order never roll odds back.
+//! A scrape not newer than what is stored for a market (`last_confirmed_at`) leaves that market
+//! alone and is counted as stale, so batches applied out of order (or twice) never roll odds
+//! back or duplicate history.
 //!
 //! ```no_run
 //! # async fn demo(client: &tokio_postgres::Client) -> Result<(), partwarden::odds::WriteError> {
@@ -49,9 +52,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::GenericClient;
 
 /// One market of one bookmaker for one event, as scraped: the writable columns of
 /// `market_odds_current` and the scrape instant.
@@ -110,7 +113,7 @@ pub struct WriteSummary {
     pub history_rows: u64,
     /// Rows of the batch that repeated a key of the same batch (the latest scrape was kept).
     pub duplicates: u64,
-    /// Markets whose stored scrape is newer than this batch's: left as they were.
+    /// Markets whose stored scrape is as new as this batch's or newer: left as they were.
     pub stale: u64,
 }
 
@@ -126,7 +129,9 @@ pub enum WriteError {
         message: String,
     },
     /// The history table has no partition for a scrape instant of the batch.
-    #[error("no partition of {table} for captured_at = {instant}; nothing of the batch was written (is partwarden's maintenance running? `partwarden --check` tells)")]
+    #[error(
+        "no partition of {table} for captured_at = {instant}; nothing of the batch was written (is partwarden's maintenance running? `partwarden --check` tells)"
+    )]
     MissingPartition {
         /// The table, `market_odds_history`.
         table: String,
@@ -169,91 +174,58 @@ impl WriteError {
     }
 }
 
-/// `outcomes` reduced to what counts for "changed": the sorted list of (name, odds, is_active).
-/// `$X` is replaced by the column it normalises.
-const NORMALISED: &str = "(SELECT coalesce(jsonb_agg(jsonb_build_array(e -> 'name', e -> 'odds', e -> 'is_active') \
-     ORDER BY e ->> 'name', e ->> 'odds', e ->> 'is_active'), '[]'::jsonb) FROM jsonb_array_elements($X) AS e)";
-
-/// The statement, over a relation `src` with the batch's columns (`input` for [`write_batch`];
-/// the benchmark runs the same statement over a loaded table to measure the server's ceiling).
-pub fn upsert_sql(src: &str) -> String {
-    let norm_old = NORMALISED.replace("$X", "c.outcomes");
-    let norm_new = NORMALISED.replace("$X", "d.outcomes");
-    format!(
-        "WITH input AS ({src}),
-dedup AS (
-    SELECT DISTINCT ON (event_id, bookmaker_slug, betpawa_market_id, coalesce(line, 0)) *
-    FROM input
-    ORDER BY event_id, bookmaker_slug, betpawa_market_id, coalesce(line, 0), scraped_at DESC, ord DESC
-),
-old AS (
-    SELECT c.event_id, c.bookmaker_slug, c.betpawa_market_id, coalesce(c.line, 0) AS line0,
-           {norm_old} AS normalised, c.last_confirmed_at
-    FROM market_odds_current c
-    JOIN dedup d ON c.event_id = d.event_id AND c.bookmaker_slug = d.bookmaker_slug
-                AND c.betpawa_market_id = d.betpawa_market_id AND coalesce(c.line, 0) = coalesce(d.line, 0)
-    ORDER BY c.event_id, c.bookmaker_slug, c.betpawa_market_id, coalesce(c.line, 0)
-    FOR UPDATE OF c
-),
-classified AS (
-    SELECT d.*, o.event_id IS NOT NULL AS existed,
-           coalesce(o.last_confirmed_at > d.scraped_at, false) AS stale,
-           (o.event_id IS NULL OR o.normalised IS DISTINCT FROM {norm_new}) AS changed
-    FROM dedup d
-    LEFT JOIN old o ON o.event_id = d.event_id AND o.bookmaker_slug = d.bookmaker_slug
-                   AND o.betpawa_market_id = d.betpawa_market_id AND o.line0 = coalesce(d.line, 0)
-),
-upserted AS (
-    INSERT INTO market_odds_current AS c
-        (event_id, bookmaker_slug, betpawa_market_id, betpawa_market_name, line, handicap_type,
-         handicap_home, handicap_away, outcomes, market_groups, unavailable_at, last_updated_at,
-         last_confirmed_at)
-    SELECT event_id, bookmaker_slug, betpawa_market_id, betpawa_market_name, line, handicap_type,
-           handicap_home, handicap_away, outcomes, market_groups, unavailable_at,
-           -- '-infinity' marks an unchanged market; it is never stored (such a market exists,
-           -- is locked above, and so always takes the DO UPDATE branch).
-           CASE WHEN changed THEN scraped_at ELSE '-infinity'::timestamptz END,
-           scraped_at
-    FROM classified
-    WHERE NOT stale
-    ORDER BY event_id, bookmaker_slug, betpawa_market_id, coalesce(line, 0)
-    ON CONFLICT (event_id, bookmaker_slug, betpawa_market_id, (coalesce(line, 0::double precision)))
-    DO UPDATE SET
-        betpawa_market_name = EXCLUDED.betpawa_market_name,
-        line = EXCLUDED.line,
-        handicap_type = EXCLUDED.handicap_type,
-        handicap_home = EXCLUDED.handicap_home,
-        handicap_away = EXCLUDED.handicap_away,
-        outcomes = CASE WHEN EXCLUDED.last_updated_at = '-infinity' THEN c.outcomes ELSE EXCLUDED.outcomes END,
-        market_groups = EXCLUDED.market_groups,
-        unavailable_at = EXCLUDED.unavailable_at,
-        last_updated_at = CASE WHEN EXCLUDED.last_updated_at = '-infinity' THEN c.last_updated_at
-                               ELSE EXCLUDED.last_updated_at END,
-        last_confirmed_at = greatest(c.last_confirmed_at, EXCLUDED.last_confirmed_at)
-    RETURNING (c.xmax = 0) AS inserted
-),
-history AS (
-    INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, line, outcomes, captured_at)
-    SELECT event_id, bookmaker_slug, betpawa_market_id, line, outcomes, scraped_at
-    FROM classified
-    WHERE changed AND NOT stale
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM upserted WHERE inserted),
-       (SELECT count(*) FROM classified WHERE changed AND NOT stale),
-       (SELECT count(*) FROM classified WHERE NOT changed AND NOT stale),
-       (SELECT count(*) FROM history),
-       (SELECT count(*) FROM input) - (SELECT count(*) FROM dedup),
-       (SELECT count(*) FROM classified WHERE stale)"
-    )
+/// The batch as it is sent: one row per key (the latest scrape; the later row of the batch
+/// when scrape instants tie), sorted by key. Returns the rows and how many duplicates were
+/// dropped.
+pub fn prepare(rows: &[MarketOdds]) -> (Vec<&MarketOdds>, u64) {
+    use std::collections::HashMap;
+    // The key as the unique index sees it: a NULL line is line 0, and -0.0 is 0.
+    let line0 = |r: &MarketOdds| {
+        let l = r.line.unwrap_or(0.0);
+        if l == 0.0 {
+            0.0f64.to_bits()
+        } else {
+            l.to_bits()
+        }
+    };
+    let mut latest: HashMap<(i32, &str, &str, u64), usize> = HashMap::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let key = (
+            r.event_id,
+            r.bookmaker_slug.as_str(),
+            r.betpawa_market_id.as_str(),
+            line0(r),
+        );
+        latest
+            .entry(key)
+            .and_modify(|j| {
+                if rows[i].scraped_at >= rows[*j].scraped_at {
+                    *j = i;
+                }
+            })
+            .or_insert(i);
+    }
+    let duplicates = (rows.len() - latest.len()) as u64;
+    let mut kept: Vec<&MarketOdds> = latest.into_values().map(|i| &rows[i]).collect();
+    kept.sort_by(|a, b| {
+        (
+            a.event_id,
+            a.bookmaker_slug.as_bytes(),
+            a.betpawa_market_id.as_bytes(),
+        )
+            .cmp(&(
+                b.event_id,
+                b.bookmaker_slug.as_bytes(),
+                b.betpawa_market_id.as_bytes(),
+            ))
+            .then_with(|| a.line.unwrap_or(0.0).total_cmp(&b.line.unwrap_or(0.0)))
+    });
+    (kept, duplicates)
 }
 
-/// The parameters of [`write_batch`], as a relation (`$1` .. `$12`, the columns of
-/// [`MarketOdds`] in order, then `ord`, the position in the batch).
-pub const INPUT: &str = "SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[], $5::float8[], \
-     $6::text[], $7::float8[], $8::float8[], $9::jsonb[], $10::jsonb[], $11::timestamptz[], $12::timestamptz[]) \
-     WITH ORDINALITY AS t(event_id, bookmaker_slug, betpawa_market_id, betpawa_market_name, line, handicap_type, \
-     handicap_home, handicap_away, outcomes, market_groups, unavailable_at, scraped_at, ord)";
+/// The statement [`write_batch`] sends: the function of `schema/0003_write_odds.sql`.
+pub const WRITE_SQL: &str =
+    "SELECT * FROM partwarden.write_odds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
 /// Writes a scrape batch in one statement, one round trip. Works on a client or inside the
 /// caller's transaction (anything that is a [`GenericClient`]).
@@ -263,23 +235,32 @@ pub const INPUT: &str = "SELECT * FROM unnest($1::int4[], $2::text[], $3::text[]
 /// ([`WriteError::MissingPartition`]), or on any other database error ([`WriteError::Db`],
 /// SQLSTATE via [`WriteError::code`]). Inside a caller's transaction, a database error aborts
 /// that transaction, as any failed statement does.
-pub async fn write_batch(client: &impl GenericClient, rows: &[MarketOdds]) -> Result<WriteSummary, WriteError> {
+pub async fn write_batch(
+    client: &impl GenericClient,
+    rows: &[MarketOdds],
+) -> Result<WriteSummary, WriteError> {
     if rows.is_empty() {
         return Ok(WriteSummary::default());
     }
     for (index, r) in rows.iter().enumerate() {
         validate(r).map_err(|message| WriteError::InvalidInput { index, message })?;
     }
+    let (rows, duplicates) = prepare(rows);
     let event_id: Vec<i32> = rows.iter().map(|r| r.event_id).collect();
     let bookmaker: Vec<&str> = rows.iter().map(|r| r.bookmaker_slug.as_str()).collect();
     let market: Vec<&str> = rows.iter().map(|r| r.betpawa_market_id.as_str()).collect();
-    let name: Vec<&str> = rows.iter().map(|r| r.betpawa_market_name.as_str()).collect();
+    let name: Vec<&str> = rows
+        .iter()
+        .map(|r| r.betpawa_market_name.as_str())
+        .collect();
     let line: Vec<Option<f64>> = rows.iter().map(|r| r.line).collect();
-    let handicap_type: Vec<Option<&str>> = rows.iter().map(|r| r.handicap_type.as_deref()).collect();
+    let handicap_type: Vec<Option<&str>> =
+        rows.iter().map(|r| r.handicap_type.as_deref()).collect();
     let handicap_home: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_home).collect();
     let handicap_away: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_away).collect();
     let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.outcomes).collect();
-    let groups: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.market_groups.as_ref()).collect();
+    let groups: Vec<Option<&serde_json::Value>> =
+        rows.iter().map(|r| r.market_groups.as_ref()).collect();
     let unavailable: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.unavailable_at).collect();
     let scraped: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scraped_at).collect();
     let params: [(&(dyn ToSql + Sync), Type); 12] = [
@@ -296,18 +277,18 @@ pub async fn write_batch(client: &impl GenericClient, rows: &[MarketOdds]) -> Re
         (&unavailable, Type::TIMESTAMPTZ_ARRAY),
         (&scraped, Type::TIMESTAMPTZ_ARRAY),
     ];
-    let sql = upsert_sql(INPUT);
-    let row = client.query_typed_one(&sql, &params).await.map_err(classify)?;
+    let row = client
+        .query_typed_one(WRITE_SQL, &params)
+        .await
+        .map_err(classify)?;
     let n = |i: usize| row.get::<_, i64>(i) as u64;
-    let changed_or_new = n(1);
-    let inserted = n(0);
     Ok(WriteSummary {
-        inserted,
-        changed: changed_or_new.saturating_sub(inserted),
+        inserted: n(0),
+        changed: n(1),
         unchanged: n(2),
         history_rows: n(3),
-        duplicates: n(4),
-        stale: n(5),
+        duplicates,
+        stale: n(4),
     })
 }
 
@@ -357,10 +338,16 @@ pub async fn mark_unavailable(
 fn validate(r: &MarketOdds) -> Result<(), String> {
     let chars = |s: &str| s.chars().count();
     if chars(&r.bookmaker_slug) > 20 {
-        return Err(format!("bookmaker_slug {:?} is longer than 20 characters", r.bookmaker_slug));
+        return Err(format!(
+            "bookmaker_slug {:?} is longer than 20 characters",
+            r.bookmaker_slug
+        ));
     }
     if chars(&r.betpawa_market_id) > 50 {
-        return Err(format!("betpawa_market_id {:?} is longer than 50 characters", r.betpawa_market_id));
+        return Err(format!(
+            "betpawa_market_id {:?} is longer than 50 characters",
+            r.betpawa_market_id
+        ));
     }
     if chars(&r.betpawa_market_name) > 255 {
         return Err("betpawa_market_name is longer than 255 characters".into());
@@ -379,16 +366,28 @@ fn validate(r: &MarketOdds) -> Result<(), String> {
 
 fn classify(e: tokio_postgres::Error) -> WriteError {
     let missing = e.as_db_error().filter(|d| {
-        *d.code() == SqlState::CHECK_VIOLATION && d.message().starts_with("no partition of relation")
+        *d.code() == SqlState::CHECK_VIOLATION
+            && d.message().starts_with("no partition of relation")
     });
     if let Some(d) = missing {
-        let table = d.table().map(str::to_string).unwrap_or_else(|| "market_odds_history".into());
+        let table = d
+            .table()
+            .map(str::to_string)
+            .unwrap_or_else(|| "market_odds_history".into());
         // "Partition key of the failing row contains (captured_at) = (2027-05-01 00:00:00+00)."
         let instant = d
             .detail()
-            .and_then(|detail| detail.rsplit_once("= (").map(|(_, v)| v.trim_end_matches(['.', ')']).to_string()))
+            .and_then(|detail| {
+                detail
+                    .rsplit_once("= (")
+                    .map(|(_, v)| v.trim_end_matches(['.', ')']).to_string())
+            })
             .unwrap_or_else(|| "an instant of the batch".into());
-        return WriteError::MissingPartition { table, instant, source: e };
+        return WriteError::MissingPartition {
+            table,
+            instant,
+            source: e,
+        };
     }
     WriteError::Db(e)
 }
@@ -429,9 +428,29 @@ mod tests {
     }
 
     #[test]
-    fn the_statement_targets_the_unique_index() {
-        let sql = upsert_sql(INPUT);
-        assert!(sql.contains("ON CONFLICT (event_id, bookmaker_slug, betpawa_market_id, (coalesce(line, 0::double precision)))"));
-        assert!(sql.contains("FOR UPDATE OF c"));
+    fn duplicates_keep_the_latest_scrape_and_keys_are_sorted() {
+        let t = Utc::now();
+        let mut a = row();
+        a.event_id = 2;
+        let mut b = row();
+        b.line = Some(0.0);
+        b.scraped_at = t - chrono::Duration::seconds(1);
+        let mut c = row();
+        c.scraped_at = t;
+        c.betpawa_market_name = "latest".into();
+        let mut d = row();
+        d.line = Some(-0.0);
+        d.scraped_at = t;
+        d.betpawa_market_name = "latest and last".into();
+        let rows = [a, b, c, d];
+        let (kept, dups) = prepare(&rows);
+        assert_eq!(dups, 2);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].event_id, 1);
+        assert_eq!(
+            kept[0].betpawa_market_name, "latest and last",
+            "a tie goes to the later row"
+        );
+        assert_eq!(kept[1].event_id, 2);
     }
 }

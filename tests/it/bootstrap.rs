@@ -3,10 +3,20 @@
 use chrono::{DateTime, Utc};
 use partwarden::bootstrap::{self, Options};
 use partwarden::catalog::{self, RelName};
+use partwarden::migrate::MIGRATIONS;
 use partwarden::period::{Interval, Period};
 use partwarden::shape;
 
 use crate::support::{TestDb, catalog_dump, partwarden, path_str};
+
+fn ids(ms: &[partwarden::migrate::Migration]) -> String {
+    ms.iter().map(|m| m.id()).collect::<Vec<_>>().join(", ")
+}
+
+/// `N applied [0001_..., 0002_..., ...]`: every migration this binary knows.
+fn all_applied() -> String {
+    format!("{} applied [{}]", MIGRATIONS.len(), ids(MIGRATIONS))
+}
 
 fn month_name(t: DateTime<Utc>) -> String {
     format!("market_odds_history{}", Interval::Monthly.suffix(t))
@@ -51,10 +61,7 @@ async fn fresh_bootstrap_creates_schema_and_partitions() {
     let config = db.write_config("", "");
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
-    assert!(
-        stdout.contains("2 applied [0001_odds_schema, 0002_partition_events]"),
-        "{stdout}"
-    );
+    assert!(stdout.contains(&all_applied()), "{stdout}");
     assert!(stdout.contains("4 partitions created"), "{stdout}");
 
     // Shape, checked against the catalog field by field.
@@ -181,7 +188,10 @@ async fn second_bootstrap_is_a_noop_that_says_so() {
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("migrations: up to date (2 already applied), nothing to do"),
+        stdout.contains(&format!(
+            "migrations: up to date ({} already applied), nothing to do",
+            MIGRATIONS.len()
+        )),
         "{stdout}"
     );
     assert!(stdout.contains("no partition needed"), "{stdout}");
@@ -262,7 +272,11 @@ async fn adopts_an_alembic_created_database() {
     let (code, stdout, stderr) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
     assert!(
-        stdout.contains("1 applied [0002_partition_events], 1 adopted [0001_odds_schema]"),
+        stdout.contains(&format!(
+            "{} applied [{}], 1 adopted [0001_odds_schema]",
+            MIGRATIONS.len() - 1,
+            ids(&MIGRATIONS[1..])
+        )),
         "{stdout}"
     );
     // Two gap months filled, three premade.
@@ -484,13 +498,7 @@ async fn concurrent_bootstraps_do_not_race() {
     let (a, b) = (a.join().unwrap(), b.join().unwrap());
     assert_eq!((a.0, b.0), (0, 0), "{a:?}\n{b:?}");
     let outputs = format!("{}{}", a.1, b.1);
-    assert_eq!(
-        outputs
-            .matches("2 applied [0001_odds_schema, 0002_partition_events]")
-            .count(),
-        1,
-        "{outputs}"
-    );
+    assert_eq!(outputs.matches(&all_applied()).count(), 1, "{outputs}");
     assert_eq!(outputs.matches("nothing to do").count(), 1, "{outputs}");
     let c = db.client().await;
     let n: i64 = c

@@ -1,7 +1,9 @@
 //! The upsert library module against a real PostgreSQL.
 
 use chrono::{DateTime, Duration, Utc};
-use partwarden::odds::{MarketKey, MarketOdds, WriteError, WriteSummary, mark_unavailable, write_batch};
+use partwarden::odds::{
+    MarketKey, MarketOdds, WriteError, WriteSummary, mark_unavailable, write_batch,
+};
 use serde_json::json;
 
 use crate::support::{TestDb, partwarden, path_str};
@@ -14,7 +16,13 @@ async fn bootstrapped(name: &str) -> TestDb {
     db
 }
 
-fn market(event: i32, market_id: &str, line: Option<f64>, odds: &[(&str, f64)], at: DateTime<Utc>) -> MarketOdds {
+fn market(
+    event: i32,
+    market_id: &str,
+    line: Option<f64>,
+    odds: &[(&str, f64)],
+    at: DateTime<Utc>,
+) -> MarketOdds {
     MarketOdds {
         event_id: event,
         bookmaker_slug: "betpawa".into(),
@@ -24,7 +32,11 @@ fn market(event: i32, market_id: &str, line: Option<f64>, odds: &[(&str, f64)], 
         handicap_type: None,
         handicap_home: None,
         handicap_away: None,
-        outcomes: json!(odds.iter().map(|(n, o)| json!({"name": n, "odds": o, "is_active": true})).collect::<Vec<_>>()),
+        outcomes: json!(
+            odds.iter()
+                .map(|(n, o)| json!({"name": n, "odds": o, "is_active": true}))
+                .collect::<Vec<_>>()
+        ),
         market_groups: Some(json!(["main"])),
         unavailable_at: None,
         scraped_at: at,
@@ -37,7 +49,10 @@ fn now() -> DateTime<Utc> {
 }
 
 async fn history_count(c: &tokio_postgres::Client) -> i64 {
-    c.query_one("SELECT count(*) FROM market_odds_history", &[]).await.unwrap().get(0)
+    c.query_one("SELECT count(*) FROM market_odds_history", &[])
+        .await
+        .unwrap()
+        .get(0)
 }
 
 #[tokio::test]
@@ -52,7 +67,17 @@ async fn new_changed_unchanged_and_duplicate_rows_in_one_batch() {
         market(2, "1x2", None, &[("1", 2.0), ("X", 3.0), ("2", 3.5)], t1),
     ];
     let s = write_batch(&c, &first).await.unwrap();
-    assert_eq!(s, WriteSummary { inserted: 3, changed: 0, unchanged: 0, history_rows: 3, duplicates: 0, stale: 0 });
+    assert_eq!(
+        s,
+        WriteSummary {
+            inserted: 3,
+            changed: 0,
+            unchanged: 0,
+            history_rows: 3,
+            duplicates: 0,
+            stale: 0
+        }
+    );
 
     let second = vec![
         // Changed odds.
@@ -66,7 +91,17 @@ async fn new_changed_unchanged_and_duplicate_rows_in_one_batch() {
         market(3, "1x2", None, &[("1", 1.5)], t2),
     ];
     let s = write_batch(&c, &second).await.unwrap();
-    assert_eq!(s, WriteSummary { inserted: 1, changed: 1, unchanged: 2, history_rows: 2, duplicates: 1, stale: 0 });
+    assert_eq!(
+        s,
+        WriteSummary {
+            inserted: 1,
+            changed: 1,
+            unchanged: 2,
+            history_rows: 2,
+            duplicates: 1,
+            stale: 0
+        }
+    );
 
     let rows = c
         .query(
@@ -75,18 +110,28 @@ async fn new_changed_unchanged_and_duplicate_rows_in_one_batch() {
         )
         .await
         .unwrap();
-    let get = |i: usize| (rows[i].get::<_, DateTime<Utc>>(2), rows[i].get::<_, DateTime<Utc>>(3));
+    let get = |i: usize| {
+        (
+            rows[i].get::<_, DateTime<Utc>>(2),
+            rows[i].get::<_, DateTime<Utc>>(3),
+        )
+    };
     assert_eq!(get(0), (t2, t2), "changed: last_updated_at moves");
     assert_eq!(get(1), (t1, t2), "unchanged: only last_confirmed_at moves");
     assert_eq!(get(2), (t1, t2));
-    assert_eq!(rows[3].get::<_, serde_json::Value>(4)[0]["odds"], json!(1.5), "the latest scrape of a duplicate wins");
+    assert_eq!(
+        rows[3].get::<_, serde_json::Value>(4)[0]["odds"],
+        json!(1.5),
+        "the latest scrape of a duplicate wins"
+    );
 
     // History: one row per new or changed market, captured at its scrape instant.
     let h = c
         .query("SELECT event_id, betpawa_market_id, captured_at FROM market_odds_history ORDER BY captured_at, event_id, betpawa_market_id", &[])
         .await
         .unwrap();
-    let h: Vec<(i32, String, DateTime<Utc>)> = h.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let h: Vec<(i32, String, DateTime<Utc>)> =
+        h.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
     assert_eq!(
         h,
         [
@@ -104,19 +149,48 @@ async fn a_null_line_and_line_zero_are_the_same_market() {
     let db = bootstrapped("odds_null_zero").await;
     let c = db.client().await;
     let t1 = now() - Duration::minutes(2);
-    write_batch(&c, &[market(7, "ah", None, &[("1", 1.9), ("2", 1.9)], t1)]).await.unwrap();
-    let s = write_batch(&c, &[market(7, "ah", Some(0.0), &[("1", 1.9), ("2", 1.9)], t1 + Duration::seconds(1))])
+    write_batch(&c, &[market(7, "ah", None, &[("1", 1.9), ("2", 1.9)], t1)])
         .await
         .unwrap();
+    let s = write_batch(
+        &c,
+        &[market(
+            7,
+            "ah",
+            Some(0.0),
+            &[("1", 1.9), ("2", 1.9)],
+            t1 + Duration::seconds(1),
+        )],
+    )
+    .await
+    .unwrap();
     assert_eq!((s.inserted, s.unchanged), (0, 1));
-    let s = write_batch(&c, &[market(7, "ah", None, &[("1", 2.0), ("2", 1.8)], t1 + Duration::seconds(2))])
-        .await
-        .unwrap();
+    let s = write_batch(
+        &c,
+        &[market(
+            7,
+            "ah",
+            None,
+            &[("1", 2.0), ("2", 1.8)],
+            t1 + Duration::seconds(2),
+        )],
+    )
+    .await
+    .unwrap();
     assert_eq!((s.inserted, s.changed), (0, 1));
-    let n: i64 = c.query_one("SELECT count(*) FROM market_odds_current", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
     // A different line is a different market.
-    let s = write_batch(&c, &[market(7, "ah", Some(-0.5), &[("1", 1.5), ("2", 2.5)], t1)]).await.unwrap();
+    let s = write_batch(
+        &c,
+        &[market(7, "ah", Some(-0.5), &[("1", 1.5), ("2", 2.5)], t1)],
+    )
+    .await
+    .unwrap();
     assert_eq!(s.inserted, 1);
 }
 
@@ -125,10 +199,16 @@ async fn inside_a_transaction_that_rolls_back_nothing_is_written() {
     let db = bootstrapped("odds_tx").await;
     let mut c = db.client().await;
     let tx = c.transaction().await.unwrap();
-    let s = write_batch(&tx, &[market(1, "1x2", None, &[("1", 1.5)], now())]).await.unwrap();
+    let s = write_batch(&tx, &[market(1, "1x2", None, &[("1", 1.5)], now())])
+        .await
+        .unwrap();
     assert_eq!(s.inserted, 1);
     tx.rollback().await.unwrap();
-    let n: i64 = c.query_one("SELECT count(*) FROM market_odds_current", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!((n, history_count(&c).await), (0, 0));
 }
 
@@ -149,11 +229,26 @@ async fn a_missing_partition_is_a_typed_error_and_nothing_is_written() {
         }
         other => panic!("expected MissingPartition, got {other:?}"),
     }
-    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION));
+    assert_eq!(
+        e.code(),
+        Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
+    );
     assert!(!e.is_transient());
-    assert!(e.to_string().contains("no partition of market_odds_history for captured_at = 2040-05-01"), "{e}");
-    let n: i64 = c.query_one("SELECT count(*) FROM market_odds_current", &[]).await.unwrap().get(0);
-    assert_eq!((n, history_count(&c).await), (0, 0), "not even the row with a partition");
+    assert!(
+        e.to_string()
+            .contains("no partition of market_odds_history for captured_at = 2040-05-01"),
+        "{e}"
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        (n, history_count(&c).await),
+        (0, 0),
+        "not even the row with a partition"
+    );
 }
 
 #[tokio::test]
@@ -162,8 +257,13 @@ async fn invalid_rows_are_refused_before_anything_is_sent() {
     let c = db.client().await;
     let mut bad = market(1, "1x2", None, &[("1", 1.5)], now());
     bad.bookmaker_slug = "a-bookmaker-with-a-long-name".into();
-    let e = write_batch(&c, &[market(2, "x", None, &[], now()), bad]).await.unwrap_err();
-    assert!(matches!(e, WriteError::InvalidInput { index: 1, .. }), "{e:?}");
+    let e = write_batch(&c, &[market(2, "x", None, &[], now()), bad])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, WriteError::InvalidInput { index: 1, .. }),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("row 1 of the batch: bookmaker_slug"));
 }
 
@@ -172,10 +272,21 @@ async fn an_older_scrape_never_rolls_odds_back() {
     let db = bootstrapped("odds_stale").await;
     let c = db.client().await;
     let t = now() - Duration::minutes(1);
-    write_batch(&c, &[market(1, "1x2", None, &[("1", 1.5)], t)]).await.unwrap();
-    let s = write_batch(&c, &[market(1, "1x2", None, &[("1", 9.9)], t - Duration::minutes(5))])
+    write_batch(&c, &[market(1, "1x2", None, &[("1", 1.5)], t)])
         .await
         .unwrap();
+    let s = write_batch(
+        &c,
+        &[market(
+            1,
+            "1x2",
+            None,
+            &[("1", 9.9)],
+            t - Duration::minutes(5),
+        )],
+    )
+    .await
+    .unwrap();
     assert_eq!((s.stale, s.changed, s.history_rows), (1, 0, 0));
     let odds: serde_json::Value = c
         .query_one("SELECT outcomes FROM market_odds_current", &[])
@@ -190,9 +301,15 @@ async fn mark_unavailable_sets_the_first_instant_and_a_write_clears_it() {
     let db = bootstrapped("odds_unavailable").await;
     let c = db.client().await;
     let t = now() - Duration::minutes(3);
-    write_batch(&c, &[market(1, "1x2", None, &[("1", 1.5)], t), market(1, "ou", Some(2.5), &[("o", 1.9)], t)])
-        .await
-        .unwrap();
+    write_batch(
+        &c,
+        &[
+            market(1, "1x2", None, &[("1", 1.5)], t),
+            market(1, "ou", Some(2.5), &[("o", 1.9)], t),
+        ],
+    )
+    .await
+    .unwrap();
     let key = |m: &str, line: Option<f64>| MarketKey {
         event_id: 1,
         bookmaker_slug: "betpawa".into(),
@@ -200,17 +317,44 @@ async fn mark_unavailable_sets_the_first_instant_and_a_write_clears_it() {
         line,
     };
     let gone = t + Duration::minutes(1);
-    assert_eq!(mark_unavailable(&c, &[key("1x2", Some(0.0)), key("nope", None)], gone).await.unwrap(), 1);
-    assert_eq!(mark_unavailable(&c, &[key("1x2", None)], gone + Duration::minutes(1)).await.unwrap(), 0);
+    assert_eq!(
+        mark_unavailable(&c, &[key("1x2", Some(0.0)), key("nope", None)], gone)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        mark_unavailable(&c, &[key("1x2", None)], gone + Duration::minutes(1))
+            .await
+            .unwrap(),
+        0
+    );
     let at: Option<DateTime<Utc>> = c
-        .query_one("SELECT unavailable_at FROM market_odds_current WHERE betpawa_market_id = '1x2'", &[])
+        .query_one(
+            "SELECT unavailable_at FROM market_odds_current WHERE betpawa_market_id = '1x2'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(at, Some(gone));
-    write_batch(&c, &[market(1, "1x2", None, &[("1", 1.5)], gone + Duration::minutes(2))]).await.unwrap();
+    write_batch(
+        &c,
+        &[market(
+            1,
+            "1x2",
+            None,
+            &[("1", 1.5)],
+            gone + Duration::minutes(2),
+        )],
+    )
+    .await
+    .unwrap();
     let at: Option<DateTime<Utc>> = c
-        .query_one("SELECT unavailable_at FROM market_odds_current WHERE betpawa_market_id = '1x2'", &[])
+        .query_one(
+            "SELECT unavailable_at FROM market_odds_current WHERE betpawa_market_id = '1x2'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -236,14 +380,24 @@ async fn concurrent_writers_on_shuffled_overlapping_keys_do_not_deadlock() {
             for round in 0..25i64 {
                 let at = base + Duration::seconds(round * 10 + w as i64);
                 let mut batch: Vec<MarketOdds> = (0..600)
-                    .map(|k| market(k / 3, &format!("m{}", k % 3), None, &[("1", 1.0 + (next() % 50) as f64 / 10.0)], at))
+                    .map(|k| {
+                        market(
+                            k / 3,
+                            &format!("m{}", k % 3),
+                            None,
+                            &[("1", 1.0 + (next() % 50) as f64 / 10.0)],
+                            at,
+                        )
+                    })
                     .collect();
                 // Shuffle: every writer sends the same keys in its own random order.
                 for i in (1..batch.len()).rev() {
                     let j = (next() % (i as u64 + 1)) as usize;
                     batch.swap(i, j);
                 }
-                let s = write_batch(&c, &batch).await.expect("no deadlock, no error");
+                let s = write_batch(&c, &batch)
+                    .await
+                    .expect("no deadlock, no error");
                 totals.inserted += s.inserted;
                 totals.changed += s.changed;
                 totals.unchanged += s.unchanged;
@@ -258,7 +412,16 @@ async fn concurrent_writers_on_shuffled_overlapping_keys_do_not_deadlock() {
         inserted += t.inserted;
         assert_eq!(t.inserted + t.changed + t.unchanged + t.stale, 25 * 600);
     }
-    assert_eq!(inserted, 600, "each key inserted exactly once across writers");
-    let n: i64 = db.client().await.query_one("SELECT count(*) FROM market_odds_current", &[]).await.unwrap().get(0);
+    assert_eq!(
+        inserted, 600,
+        "each key inserted exactly once across writers"
+    );
+    let n: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 600);
 }

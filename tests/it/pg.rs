@@ -82,7 +82,17 @@ pub fn private_server() -> Server {
     start_local()
 }
 
+/// A server with PostgreSQL's default durability (fsync, synchronous_commit, full page writes
+/// on), for benchmarks whose figures must be those of a real deployment.
+pub fn durable_server() -> Server {
+    start_with("-c listen_addresses=127.0.0.1 -c max_connections=300")
+}
+
 fn start_local() -> Server {
+    start_with(PG_OPTIONS)
+}
+
+fn start_with(options: &str) -> Server {
     let dir = tempfile::Builder::new()
         .prefix("partwarden-test-pg-")
         .tempdir()
@@ -150,7 +160,7 @@ rm -rf "$DIR"
         .env("AS_ROOT", if as_root { "1" } else { "0" })
         .env("DIR", &dir)
         .env("PORT", port.to_string())
-        .env("OPTS", PG_OPTIONS)
+        .env("OPTS", options)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

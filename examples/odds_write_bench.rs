@@ -1,0 +1,337 @@
+//! Benchmark: the odds write path against the naive path and the server-side ceiling.
+//!
+//! Realistic rows: 3 bookmakers, 20,000 events, 1X2 / over-under / handicap markets with lines,
+//! 2-3 outcomes each. Two cycles: a fresh load, then a steady-state cycle where 20% of the
+//! markets changed. For each cycle, on the same rows and from the same starting state:
+//! 1. `write_batch` with batches of 1,000 and 5,000;
+//! 2. the naive path: one `INSERT ... ON CONFLICT` per market, one round trip each (measured on
+//!    the first 20,000 markets, which is plenty for a rate);
+//! 3. the server-side ceiling: the very same upsert and history statement
+//!    (`partwarden.write_odds`) run on the whole cycle's arrays, already loaded into an
+//!    unlogged table: no parameters cross the wire.
+//!
+//! Run: `cargo run --release --example odds_write_bench -- --markets 200000` (starts its own
+//! throwaway PostgreSQL, like the tests).
+
+#[path = "../tests/it/pg.rs"]
+mod pg;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use partwarden::odds::{self, MarketOdds};
+use serde_json::json;
+use tokio_postgres::types::{ToSql, Type};
+
+const NAIVE_ROWS: usize = 20_000;
+
+/// The ceiling: the very statement write_batch sends, run on arrays already in the server.
+const CEILING: &str = "SELECT w.* FROM bench_staging, \
+     partwarden.write_odds(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12) AS w";
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let markets: usize = std::env::args()
+        .skip_while(|a| a != "--markets")
+        .nth(1)
+        .map(|s| s.parse().expect("--markets takes a number"))
+        .unwrap_or(200_000);
+    // Default durability: every commit is flushed, as in production. (The tests' server runs
+    // with fsync off, which would flatter the naive path's one-commit-per-row.)
+    let server = pg::durable_server();
+    let db = pg::TestDb::on(&server, "bench_odds").await;
+    let config = db.config();
+    let mut sink = Vec::new();
+    let s = partwarden::bootstrap::run(
+        &config,
+        partwarden::bootstrap::Options {
+            dry_run: false,
+            now: Utc::now(),
+        },
+        &mut sink,
+    )
+    .await
+    .unwrap();
+    assert!(s.ok());
+    let c = db.client().await;
+    let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 600, 0).unwrap();
+    let fresh = generate(markets, t0, 0.0, 1);
+    let steady = generate(markets, t0 + chrono::Duration::minutes(5), 0.2, 2);
+    println!(
+        "odds write benchmark: {markets} markets (3 bookmakers, 20,000 events), {} cores, PostgreSQL {}, fsync and synchronous_commit on",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        c.query_one("SHOW server_version", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    );
+
+    let mut results = Vec::new();
+    for (cycle, rows, setup) in [
+        ("fresh", &fresh, None),
+        ("steady (20% changed)", &steady, Some(&fresh)),
+    ] {
+        println!();
+        println!("== {cycle} cycle");
+        let line = |label: &str, n: usize, d: Duration, extra: String| {
+            let rate = n as f64 / d.as_secs_f64();
+            println!(
+                "{label:<44} {n:>8} rows {:>8.2} s {:>10.0} rows/s  {extra}",
+                d.as_secs_f64(),
+                rate
+            );
+            rate
+        };
+        // Ceiling: the same statement over a loaded unlogged table.
+        reset(&c, setup).await;
+        load_staging(&c, rows).await;
+        let t = Instant::now();
+        let r = c.query_one(CEILING, &[]).await.unwrap();
+        let d = t.elapsed();
+        let ceiling = line(
+            "server-side INSERT ... SELECT (ceiling)",
+            rows.len(),
+            d,
+            summary(&r),
+        );
+        let mut batch_rates = Vec::new();
+        for size in [1000, 5000] {
+            reset(&c, setup).await;
+            let t = Instant::now();
+            let mut total = odds::WriteSummary::default();
+            for chunk in rows.chunks(size) {
+                let s = odds::write_batch(&c, chunk).await.unwrap();
+                total.inserted += s.inserted;
+                total.changed += s.changed;
+                total.unchanged += s.unchanged;
+                total.history_rows += s.history_rows;
+            }
+            let d = t.elapsed();
+            batch_rates.push(line(
+                &format!("write_batch, batches of {size}"),
+                rows.len(),
+                d,
+                format!(
+                    "inserted {} changed {} unchanged {} history {}",
+                    total.inserted, total.changed, total.unchanged, total.history_rows
+                ),
+            ));
+        }
+        reset(&c, setup).await;
+        let naive_rows = &rows[..rows.len().min(NAIVE_ROWS)];
+        let d = naive(&c, naive_rows).await;
+        let naive = line(
+            "naive: one INSERT ... ON CONFLICT per market",
+            naive_rows.len(),
+            d,
+            String::new(),
+        );
+        for (size, rate) in [1000, 5000].iter().zip(&batch_rates) {
+            println!(
+                "write_batch({size}) / ceiling = {:.2} (target >= 0.7)   write_batch({size}) / naive = {:.1}x (target >= 20x)",
+                rate / ceiling,
+                rate / naive
+            );
+        }
+        results.push((
+            cycle,
+            batch_rates.iter().cloned().fold(0.0, f64::max),
+            ceiling,
+            naive,
+        ));
+    }
+    println!();
+    let ok = results
+        .iter()
+        .all(|(_, best, ceiling, naive)| best / ceiling >= 0.7 && best / naive >= 20.0);
+    println!(
+        "targets met in both cycles (best batch size): {}",
+        if ok { "yes" } else { "NO" }
+    );
+}
+
+fn summary(r: &tokio_postgres::Row) -> String {
+    format!(
+        "inserted {} changed {} unchanged {} history {}",
+        r.get::<_, i64>(0),
+        r.get::<_, i64>(1),
+        r.get::<_, i64>(2),
+        r.get::<_, i64>(3)
+    )
+}
+
+/// Empty tables, then (for the steady cycle) the fresh cycle loaded server-side.
+async fn reset(c: &tokio_postgres::Client, setup: Option<&Vec<MarketOdds>>) {
+    c.batch_execute("TRUNCATE market_odds_current, market_odds_history")
+        .await
+        .unwrap();
+    c.batch_execute("VACUUM ANALYZE market_odds_current")
+        .await
+        .unwrap();
+    if let Some(rows) = setup {
+        load_staging(c, rows).await;
+        c.query_one(CEILING, &[]).await.unwrap();
+        c.batch_execute("VACUUM ANALYZE market_odds_current")
+            .await
+            .unwrap();
+    }
+}
+
+async fn load_staging(c: &tokio_postgres::Client, rows: &[MarketOdds]) {
+    c.batch_execute("DROP TABLE IF EXISTS bench_staging")
+        .await
+        .unwrap();
+    // One row per key, in key order, exactly as write_batch sends them.
+    let (rows, _) = odds::prepare(rows);
+    let event_id: Vec<i32> = rows.iter().map(|r| r.event_id).collect();
+    let bookmaker: Vec<&str> = rows.iter().map(|r| r.bookmaker_slug.as_str()).collect();
+    let market: Vec<&str> = rows.iter().map(|r| r.betpawa_market_id.as_str()).collect();
+    let name: Vec<&str> = rows
+        .iter()
+        .map(|r| r.betpawa_market_name.as_str())
+        .collect();
+    let line: Vec<Option<f64>> = rows.iter().map(|r| r.line).collect();
+    let ht: Vec<Option<&str>> = rows.iter().map(|r| r.handicap_type.as_deref()).collect();
+    let hh: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_home).collect();
+    let ha: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_away).collect();
+    let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.outcomes).collect();
+    let groups: Vec<Option<&serde_json::Value>> =
+        rows.iter().map(|r| r.market_groups.as_ref()).collect();
+    let unavailable: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.unavailable_at).collect();
+    let scraped: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scraped_at).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 12] = [
+        (&event_id, Type::INT4_ARRAY),
+        (&bookmaker, Type::TEXT_ARRAY),
+        (&market, Type::TEXT_ARRAY),
+        (&name, Type::TEXT_ARRAY),
+        (&line, Type::FLOAT8_ARRAY),
+        (&ht, Type::TEXT_ARRAY),
+        (&hh, Type::FLOAT8_ARRAY),
+        (&ha, Type::FLOAT8_ARRAY),
+        (&outcomes, Type::JSONB_ARRAY),
+        (&groups, Type::JSONB_ARRAY),
+        (&unavailable, Type::TIMESTAMPTZ_ARRAY),
+        (&scraped, Type::TIMESTAMPTZ_ARRAY),
+    ];
+    c.query_typed(
+        "CREATE UNLOGGED TABLE bench_staging AS SELECT $1::int4[] AS a1, $2::text[] AS a2, $3::text[] AS a3, \
+         $4::text[] AS a4, $5::float8[] AS a5, $6::text[] AS a6, $7::float8[] AS a7, $8::float8[] AS a8, \
+         $9::jsonb[] AS a9, $10::jsonb[] AS a10, $11::timestamptz[] AS a11, $12::timestamptz[] AS a12",
+        &params,
+    )
+    .await
+    .unwrap();
+}
+
+/// One statement per market, one round trip each, as the application does today.
+async fn naive(c: &tokio_postgres::Client, rows: &[MarketOdds]) -> Duration {
+    let st = c
+        .prepare(
+            "INSERT INTO market_odds_current (event_id, bookmaker_slug, betpawa_market_id, betpawa_market_name, line, \
+               handicap_type, handicap_home, handicap_away, outcomes, market_groups, unavailable_at, last_updated_at, last_confirmed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             ON CONFLICT (event_id, bookmaker_slug, betpawa_market_id, (coalesce(line, 0::double precision))) DO UPDATE SET \
+               betpawa_market_name = EXCLUDED.betpawa_market_name, outcomes = EXCLUDED.outcomes, \
+               market_groups = EXCLUDED.market_groups, unavailable_at = EXCLUDED.unavailable_at, \
+               last_updated_at = CASE WHEN market_odds_current.outcomes = EXCLUDED.outcomes \
+                                      THEN market_odds_current.last_updated_at ELSE EXCLUDED.last_updated_at END, \
+               last_confirmed_at = EXCLUDED.last_confirmed_at",
+        )
+        .await
+        .unwrap();
+    let t = Instant::now();
+    for r in rows {
+        c.execute(
+            &st,
+            &[
+                &r.event_id,
+                &r.bookmaker_slug,
+                &r.betpawa_market_id,
+                &r.betpawa_market_name,
+                &r.line,
+                &r.handicap_type,
+                &r.handicap_home,
+                &r.handicap_away,
+                &r.outcomes,
+                &r.market_groups,
+                &r.unavailable_at,
+                &r.scraped_at,
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    t.elapsed()
+}
+
+/// `n` markets: for each event and bookmaker, 1X2, over/under 1.5/2.5/3.5 and Asian handicap
+/// -1/0/+1, until `n`. `changed` of them (deterministically picked) get new odds.
+fn generate(n: usize, at: DateTime<Utc>, changed: f64, variant: u64) -> Vec<MarketOdds> {
+    let bookmakers = ["betpawa", "sportybet", "bet9ja"];
+    let kinds: [(&str, Option<f64>); 7] = [
+        ("1x2", None),
+        ("ou", Some(1.5)),
+        ("ou", Some(2.5)),
+        ("ou", Some(3.5)),
+        ("ah", Some(-1.0)),
+        ("ah", Some(0.0)),
+        ("ah", Some(1.0)),
+    ];
+    let mut v = Vec::with_capacity(n);
+    let mut i = 0usize;
+    'outer: for kind in kinds {
+        for event in 0..20_000i32 {
+            for b in bookmakers {
+                if v.len() == n {
+                    break 'outer;
+                }
+                let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let is_changed = (h % 1000) < (changed * 1000.0) as u64;
+                let bump = if is_changed {
+                    variant as f64 * 0.05
+                } else {
+                    0.05
+                };
+                let odds =
+                    |base: f64| ((base + bump + (h % 7) as f64 * 0.01) * 100.0).round() / 100.0;
+                let outcomes = match kind.0 {
+                    "1x2" => json!([
+                        {"name": "1", "odds": odds(1.8), "is_active": true},
+                        {"name": "X", "odds": odds(3.3), "is_active": true},
+                        {"name": "2", "odds": odds(4.1), "is_active": true}
+                    ]),
+                    "ou" => json!([
+                        {"name": "Over", "odds": odds(1.9), "is_active": true},
+                        {"name": "Under", "odds": odds(1.85), "is_active": true}
+                    ]),
+                    _ => json!([
+                        {"name": "1", "odds": odds(1.95), "is_active": true},
+                        {"name": "2", "odds": odds(1.8), "is_active": true}
+                    ]),
+                };
+                v.push(MarketOdds {
+                    event_id: 100_000 + event,
+                    bookmaker_slug: b.into(),
+                    betpawa_market_id: kind.0.into(),
+                    betpawa_market_name: match kind.0 {
+                        "1x2" => "1X2".into(),
+                        "ou" => "Over/Under".into(),
+                        _ => "Asian Handicap".into(),
+                    },
+                    line: kind.1,
+                    handicap_type: (kind.0 == "ah").then(|| "asian".to_string()),
+                    handicap_home: kind.1.filter(|_| kind.0 == "ah"),
+                    handicap_away: kind.1.filter(|_| kind.0 == "ah").map(|l| -l),
+                    outcomes,
+                    market_groups: Some(json!(["main"])),
+                    unavailable_at: None,
+                    scraped_at: at,
+                });
+                i += 1;
+            }
+        }
+    }
+    v
+}

@@ -181,8 +181,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     Ok(c) => {
                         tracing::info!("connected to PostgreSQL");
                         backoff = RECONNECT_FIRST;
-                        client = Some(c);
+                                                client = Some(c);
                         role = establish(client.as_ref().expect("just set"), &role).await;
+                        tracing::info!(role = %role.describe(), "role after connecting");
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "database unreachable; retrying");

@@ -168,3 +168,17 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+/// Refuses a server in recovery (a standby): partwarden sends DDL only to a primary. Returns
+/// the one-line reason when the server is a standby.
+pub async fn require_primary(client: &Client) -> Result<(), String> {
+    let recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .map_err(|e| error_text(&e))?
+        .get(0);
+    if recovery {
+        return Err("the server is in recovery (a standby): partwarden sends DDL only to a primary; point database.url at the primary, or list every host with target_session_attrs=read-write".into());
+    }
+    Ok(())
+}

@@ -193,6 +193,9 @@ pub enum PassError {
     /// Migrations are in a state this binary refuses.
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
+        /// The server cannot take DDL.
+    #[error("{0}")]
+    Refused(String),
     /// Another pass holds the lock.
     #[error(
         "another partwarden pass is running (advisory lock {PASS_LOCK_KEY} held by pid {0}); try again later"
@@ -245,8 +248,11 @@ pub async fn run_once(
     opts: Options,
     out: &mut (dyn Write + Send),
 ) -> Result<Report, PassError> {
-    let mut client = db::connect(&config.database).await?;
+        let mut client = db::connect(&config.database).await?;
     require_current_schema(&client).await?;
+    if !opts.dry_run {
+        db::require_primary(&client).await.map_err(PassError::Refused)?;
+    }
     if !opts.dry_run
         && let Err(pid) = try_lock(&client).await?
     {

@@ -91,7 +91,10 @@ pub async fn run(
     let m = archive::read_manifest(manifest_path)?;
     let rows = archive::check_file(manifest_path, &m).await?;
     let mut client = db::connect(&config.database).await?;
-    pass::require_current_schema(&client).await?;
+        pass::require_current_schema(&client).await?;
+    if !dry_run {
+        db::require_primary(&client).await.map_err(RestoreError::Refused)?;
+    }
     let policy = DdlPolicy::from_config(&config.database);
 
     let (parent_schema, parent_name) = m.table.split_once('.').ok_or_else(|| {

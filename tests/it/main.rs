@@ -5,6 +5,7 @@ mod bootstrap;
 mod check;
 mod cli;
 mod daemon;
+mod ha;
 mod lifecycle;
 mod odds;
 mod pg;

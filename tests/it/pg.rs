@@ -92,7 +92,17 @@ fn start_local() -> Server {
     start_with(PG_OPTIONS)
 }
 
+/// A streaming-replication standby of `primary` (a server of this harness): a base backup
+/// with `-R`, started in recovery on a port of its own.
+pub fn standby_of(primary: &Server) -> Server {
+    start_from(PG_OPTIONS, Some(primary.port))
+}
+
 fn start_with(options: &str) -> Server {
+    start_from(options, None)
+}
+
+fn start_from(options: &str, standby_of: Option<u16>) -> Server {
     let dir = tempfile::Builder::new()
         .prefix("partwarden-test-pg-")
         .tempdir()
@@ -118,8 +128,20 @@ fn start_with(options: &str) -> Server {
             .expect("gid");
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown test dir to postgres");
     }
-    let data = dir.join("data");
-    let status = as_postgres(as_root, "initdb")
+        let data = dir.join("data");
+    if let Some(primary_port) = standby_of {
+        let status = as_postgres(as_root, "pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_basebackup runs");
+        assert!(status.success(), "pg_basebackup failed");
+    }
+    let status = if standby_of.is_some() {
+        std::process::ExitStatus::default()
+    } else {
+        as_postgres(as_root, "initdb")
         .args(["-D"])
         .arg(&data)
         .args([
@@ -132,9 +154,10 @@ fn start_with(options: &str) -> Server {
             "--locale=C",
             "--no-sync",
         ])
-        .stdout(Stdio::null())
+                .stdout(Stdio::null())
         .status()
-        .expect("initdb runs (are the PostgreSQL server binaries on PATH?)");
+        .expect("initdb runs (are the PostgreSQL server binaries on PATH?)")
+    };
     assert!(status.success(), "initdb failed");
     let port = free_port();
     let script = r#"

@@ -121,7 +121,7 @@ pub enum BootstrapError {
     /// No connection.
     #[error(transparent)]
     Connect(#[from] ConnectError),
-        /// Migrations refused or failed.
+    /// Migrations refused or failed.
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     /// The server cannot take DDL.
@@ -138,8 +138,10 @@ pub async fn run(
 ) -> Result<Summary, BootstrapError> {
     let mut client = db::connect(&config.database).await?;
     let policy = DdlPolicy::from_config(&config.database);
-        if !opts.dry_run {
-        db::require_primary(&client).await.map_err(BootstrapError::Refused)?;
+    if !opts.dry_run {
+        db::require_primary(&client)
+            .await
+            .map_err(BootstrapError::Refused)?;
         migrate::lock(&client, config.database.lock_retry_for).await?;
     }
     let result = run_locked(&mut client, config, &policy, opts, out).await;

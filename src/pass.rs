@@ -193,7 +193,7 @@ pub enum PassError {
     /// Migrations are in a state this binary refuses.
     #[error(transparent)]
     Migrate(#[from] migrate::MigrateError),
-        /// The server cannot take DDL.
+    /// The server cannot take DDL.
     #[error("{0}")]
     Refused(String),
     /// Another pass holds the lock.
@@ -204,6 +204,19 @@ pub enum PassError {
     /// A query failed.
     #[error("{}", error_text(.0))]
     Db(#[from] tokio_postgres::Error),
+}
+
+/// Whether a schema exists. Asked before `CREATE SCHEMA`, because even `CREATE SCHEMA IF NOT
+/// EXISTS` needs CREATE on the database, which a least-privilege role does not have when an
+/// administrator created the schema for it.
+pub async fn schema_exists(client: &Client, schema: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT to_regnamespace($1) IS NOT NULL",
+            &[&crate::ident::quote_ident(schema)],
+        )
+        .await?
+        .get(0))
 }
 
 /// Checks that every migration this binary knows is applied (and none was edited).
@@ -248,10 +261,12 @@ pub async fn run_once(
     opts: Options,
     out: &mut (dyn Write + Send),
 ) -> Result<Report, PassError> {
-        let mut client = db::connect(&config.database).await?;
+    let mut client = db::connect(&config.database).await?;
     require_current_schema(&client).await?;
     if !opts.dry_run {
-        db::require_primary(&client).await.map_err(PassError::Refused)?;
+        db::require_primary(&client)
+            .await
+            .map_err(PassError::Refused)?;
     }
     if !opts.dry_run
         && let Err(pid) = try_lock(&client).await?
@@ -793,10 +808,14 @@ impl Expiring<'_> {
 
     async fn move_to_archive_schema(&self, client: &mut Client) -> Result<(), String> {
         let p = self.task.partition.quoted();
-        let statements = [
-            format!("CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA}"),
-            format!("ALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA}"),
-        ];
+        let mut statements = Vec::new();
+        if !schema_exists(client, ARCHIVE_SCHEMA)
+            .await
+            .map_err(|e| error_text(&e))?
+        {
+            statements.push(format!("CREATE SCHEMA {ARCHIVE_SCHEMA}"));
+        }
+        statements.push(format!("ALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA}"));
         self.transaction(client, self.policy, "move", Step::Move, &statements, None)
             .await
             .map(|_| ())

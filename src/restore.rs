@@ -91,9 +91,11 @@ pub async fn run(
     let m = archive::read_manifest(manifest_path)?;
     let rows = archive::check_file(manifest_path, &m).await?;
     let mut client = db::connect(&config.database).await?;
-        pass::require_current_schema(&client).await?;
+    pass::require_current_schema(&client).await?;
     if !dry_run {
-        db::require_primary(&client).await.map_err(RestoreError::Refused)?;
+        db::require_primary(&client)
+            .await
+            .map_err(RestoreError::Refused)?;
     }
     let policy = DdlPolicy::from_config(&config.database);
 
@@ -237,10 +239,11 @@ pub async fn run(
 
     // Load: one transaction, so a failed or short load leaves nothing behind.
     let started_at = Utc::now();
+    let need_schema = !attached && !pass::schema_exists(&client, ARCHIVE_SCHEMA).await?;
     {
         let tx = client.transaction().await?;
-        if !attached {
-            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA}"))
+        if need_schema {
+            tx.batch_execute(&format!("CREATE SCHEMA {ARCHIVE_SCHEMA}"))
                 .await?;
         }
         tx.batch_execute(&create).await?;

@@ -8,10 +8,18 @@ use crate::support::{TestDb, partwarden, path_str, private_server, standby_of};
 async fn wait_replayed(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok((c, conn)) = url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await {
+        if let Ok((c, conn)) = url
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+        {
             tokio::spawn(conn);
             let ok: bool = c
-                .query_one("SELECT to_regclass('partwarden.partition_events') IS NOT NULL", &[])
+                .query_one(
+                    "SELECT to_regclass('partwarden.partition_events') IS NOT NULL",
+                    &[],
+                )
                 .await
                 .map(|r| r.get(0))
                 .unwrap_or(false);
@@ -19,7 +27,10 @@ async fn wait_replayed(url: &str) {
                 return;
             }
         }
-        assert!(Instant::now() < deadline, "the standby did not replay the bootstrap");
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay the bootstrap"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -29,16 +40,24 @@ async fn a_standby_gets_no_ddl_and_a_multi_host_url_reaches_the_primary() {
     let primary = private_server();
     let db = TestDb::on(&primary, "ha").await;
     let config = db.write_config("", "");
-    assert_eq!(partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0, 0);
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
     let standby = standby_of(&primary);
-    let standby_url = format!("host=127.0.0.1 port={} user=postgres dbname={}", standby.port, db.name);
+    let standby_url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname={}",
+        standby.port, db.name
+    );
     wait_replayed(&standby_url).await;
 
     // Pointed at the standby: refused, with the reason, before any DDL.
     let standby_config = db.dir.path().join("standby.toml");
     std::fs::write(
         &standby_config,
-        std::fs::read_to_string(&config).unwrap().replace(&db.url, &standby_url),
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&db.url, &standby_url),
     )
     .unwrap();
     for mode in ["--bootstrap", "--run-once"] {
@@ -57,7 +76,9 @@ async fn a_standby_gets_no_ddl_and_a_multi_host_url_reaches_the_primary() {
     );
     std::fs::write(
         &standby_config,
-        std::fs::read_to_string(&config).unwrap().replace(&db.url, &multi),
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&db.url, &multi),
     )
     .unwrap();
     let (code, out, err) = partwarden(&["--config", path_str(&standby_config), "--run-once"], &[]);

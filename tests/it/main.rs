@@ -9,4 +9,5 @@ mod ha;
 mod lifecycle;
 mod odds;
 mod pg;
+mod security;
 mod support;

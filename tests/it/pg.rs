@@ -128,10 +128,23 @@ fn start_from(options: &str, standby_of: Option<u16>) -> Server {
             .expect("gid");
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown test dir to postgres");
     }
-        let data = dir.join("data");
+    let data = dir.join("data");
     if let Some(primary_port) = standby_of {
         let status = as_postgres(as_root, "pg_basebackup")
-            .args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", "postgres", "-R", "-X", "stream", "-c", "fast", "-D"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary_port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-D",
+            ])
             .arg(&data)
             .stdout(Stdio::null())
             .status()
@@ -142,21 +155,21 @@ fn start_from(options: &str, standby_of: Option<u16>) -> Server {
         std::process::ExitStatus::default()
     } else {
         as_postgres(as_root, "initdb")
-        .args(["-D"])
-        .arg(&data)
-        .args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--no-sync",
-        ])
-                .stdout(Stdio::null())
-        .status()
-        .expect("initdb runs (are the PostgreSQL server binaries on PATH?)")
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("initdb runs (are the PostgreSQL server binaries on PATH?)")
     };
     assert!(status.success(), "initdb failed");
     let port = free_port();

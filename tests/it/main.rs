@@ -5,6 +5,7 @@ mod bootstrap;
 mod check;
 mod cli;
 mod daemon;
+mod faults;
 mod ha;
 mod lifecycle;
 mod odds;

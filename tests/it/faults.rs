@@ -1,0 +1,342 @@
+//! Fault injection with the real binary: kill -9 at random instants, a terminated backend
+//! during DETACH CONCURRENTLY, an archive directory that fills up.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Months, Utc};
+use partwarden::catalog::RelName;
+use partwarden::period::Interval;
+use sha2::{Digest, Sha256};
+
+use crate::support::{TestDb, partwarden, path_str};
+
+const ROWS: i64 = 3000;
+
+fn start(back: u32) -> DateTime<Utc> {
+    Interval::Monthly.floor(Utc::now()) - Months::new(back)
+}
+
+fn name(back: u32) -> String {
+    format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(start(back))
+    )
+}
+
+/// Creates the partition `back` months ago with ROWS rows; returns the hash of its content.
+async fn old_partition(c: &tokio_postgres::Client, back: u32) -> String {
+    let (lo, hi) = (start(back), start(back) + Months::new(1));
+    c.batch_execute(&format!(
+        "CREATE TABLE {n} PARTITION OF market_odds_history FOR VALUES FROM ('{lo}') TO ('{hi}');
+         INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, line, outcomes, captured_at)
+         SELECT g, 'betpawa', 'm' || g % 17, CASE WHEN g % 3 = 0 THEN NULL ELSE g / 7.0 END,
+                jsonb_build_array(jsonb_build_object('name', '1', 'odds', 1 + g % 90 / 10.0, 'is_active', true)),
+                '{lo}'::timestamptz + g * interval '17 seconds'
+         FROM generate_series(1, {ROWS}) g",
+        n = name(back),
+        lo = lo.to_rfc3339(),
+        hi = hi.to_rfc3339()
+    ))
+    .await
+    .unwrap();
+    table_hash(c, &name(back)).await
+}
+
+/// SHA-256 of the sorted lines of `COPY table TO STDOUT`, in partwarden's session settings.
+async fn table_hash(c: &tokio_postgres::Client, table: &str) -> String {
+    c.batch_execute("SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3")
+        .await
+        .unwrap();
+    let stream = c
+        .copy_out(&format!("COPY {table} TO STDOUT"))
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    futures_util::pin_mut!(stream);
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    lines_hash(&bytes)
+}
+
+fn lines_hash(bytes: &[u8]) -> String {
+    let mut lines: Vec<&[u8]> = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.sort();
+    let mut h = Sha256::new();
+    for l in &lines {
+        h.update(l);
+        h.update(b"\n");
+    }
+    format!("{}:{}", lines.len(), hex::encode(h.finalize()))
+}
+
+fn archive_hash(dir: &Path, partition: &str) -> Option<String> {
+    let file = std::fs::File::open(dir.join(format!("{partition}.pgcopy.zst"))).ok()?;
+    let mut bytes = Vec::new();
+    zstd::Decoder::new(file)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    Some(lines_hash(&bytes))
+}
+
+async fn attached(c: &tokio_postgres::Client, partition: &str) -> bool {
+    c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1))",
+        &[&partition],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+fn spawn(config: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_partwarden"));
+    cmd.args(["--config", path_str(config), "--run-once"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_at_fifty_random_instants_loses_nothing() {
+    let db = TestDb::new("kill9").await;
+    let config = db.write_config("", "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "archive_dir = \"archive\"\n",
+        "archive_dir = \"archive\"\nmax_expired_per_pass = 2\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    let mut expected: BTreeMap<String, String> = BTreeMap::new();
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let future = format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(3))
+    );
+    // How long a pass with one expiry takes here, to aim the kills inside passes.
+    let timed = Instant::now();
+    expected.insert(name(60), old_partition(&c, 60).await);
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--run-once"], &[]).0,
+        0
+    );
+    let span = (timed.elapsed().as_millis() as u64).max(20);
+    let mut killed_mid_run = 0;
+    for i in 0..50u32 {
+        // Fresh work for every run: an expired partition with rows, and a missing future one.
+        let back = 8 + i;
+        expected.insert(name(back), old_partition(&c, back).await);
+        c.batch_execute(&format!("DROP TABLE IF EXISTS {future}"))
+            .await
+            .unwrap();
+        let mut child = spawn(&config, &[]);
+        std::thread::sleep(Duration::from_millis(rand() % span));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+        assert_eq!(code, 0, "clean pass after kill {i}: {out}{err}");
+    }
+    // Drain what is left, then check every row ever inserted.
+    for _ in 0..30 {
+        let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        if out.contains("expired 0") {
+            break;
+        }
+    }
+    assert!(
+        killed_mid_run >= 20,
+        "most kills hit a running pass: {killed_mid_run} of 50 (span {span} ms)"
+    );
+    let dir = db
+        .dir
+        .path()
+        .join("archive")
+        .join("public.market_odds_history");
+    for (partition, hash) in &expected {
+        let archived = archive_hash(&dir, partition);
+        let is_attached = attached(&c, partition).await;
+        assert!(!is_attached, "{partition} should have expired");
+        assert_eq!(
+            archived.as_deref(),
+            Some(hash.as_str()),
+            "{partition}: archive holds every row"
+        );
+        let manifest = dir.join(format!("{partition}.manifest.json"));
+        let m = partwarden::archive::read_manifest(&manifest).unwrap();
+        assert_eq!(
+            partwarden::archive::check_file(&manifest, &m)
+                .await
+                .unwrap() as i64,
+            ROWS
+        );
+    }
+    // No temporary files; one data file and one manifest per partition.
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files.len(), 2 * expected.len(), "{files:?}");
+    assert!(files.iter().all(|f| !f.starts_with('.')), "{files:?}");
+    // The ledger shows every expiry finished, and the future partition is there.
+    let unfinished = partwarden::ledger::in_flight(
+        &c,
+        &RelName {
+            schema: "public".into(),
+            name: "market_odds_history".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(unfinished.is_empty(), "{unfinished:?}");
+    assert!(attached(&c, &future).await);
+}
+
+#[tokio::test]
+async fn a_backend_terminated_during_detach_concurrently_is_finalized_next_pass() {
+    let db = TestDb::new("terminate").await;
+    let config = db.write_config("", "");
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    let hash = old_partition(&c, 8).await;
+    // A reader keeps DETACH CONCURRENTLY waiting.
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM market_odds_history")
+        .await
+        .unwrap();
+    let mut child = spawn(&config, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let pid: i32 = loop {
+        let row = c
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'partwarden' \
+                 AND query LIKE '%DETACH PARTITION%CONCURRENTLY%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(r) = row {
+            break r.get(0);
+        }
+        assert!(Instant::now() < deadline, "the detach never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let terminated: bool = c
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(terminated);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let pending: bool = c
+        .query_one(
+            "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass($1)",
+            &[&name(8)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(pending, "interrupted: pending detach");
+    reader.batch_execute("COMMIT").await.unwrap();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!attached(&c, &name(8)).await);
+    let dir = db
+        .dir
+        .path()
+        .join("archive")
+        .join("public.market_odds_history");
+    assert_eq!(archive_hash(&dir, &name(8)).as_deref(), Some(hash.as_str()));
+}
+
+#[tokio::test]
+async fn a_full_archive_directory_keeps_the_table_and_check_goes_critical() {
+    let db = TestDb::new("disk_full").await;
+    let config = db.write_config("", "");
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    let hash = old_partition(&c, 8).await;
+    // A 4 KiB file-size limit, with SIGXFSZ ignored so that writes fail with EFBIG instead of
+    // killing the process: what a full disk looks like to the archive writer.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 8; exec {} --config {} --run-once",
+            env!("CARGO_BIN_EXE_partwarden"),
+            path_str(&config)
+        ))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("archive failed, the table stays detached and intact"),
+        "{stdout}"
+    );
+    assert_eq!(table_hash(&c, &name(8)).await, hash, "detached and intact");
+    let dir: PathBuf = db
+        .dir
+        .path()
+        .join("archive")
+        .join("public.market_odds_history");
+    let leftovers: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "a failed write leaves no file behind: {leftovers:?}"
+    );
+    let (code, check, _) = partwarden(&["--config", path_str(&config), "--check"], &[]);
+    assert_eq!(code, 2, "{check}");
+    assert!(
+        check.lines().any(|l| l.starts_with("CRIT expiry")),
+        "{check}"
+    );
+    // Space again: the next pass completes.
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(archive_hash(&dir, &name(8)).as_deref(), Some(hash.as_str()));
+    let (code, check, _) = partwarden(&["--config", path_str(&config), "--check"], &[]);
+    assert_eq!(code, 0, "{check}");
+}

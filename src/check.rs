@@ -210,14 +210,15 @@ pub async fn run(config: &Config, now: DateTime<Utc>) -> Report {
 async fn connection(client: &Client) -> Check {
     let r = client
         .query_one(
-            "SELECT current_setting('server_version'), current_setting('TimeZone'), pg_is_in_recovery(), current_user::text",
+                        "SELECT current_setting('server_version'), current_setting('TimeZone'), pg_is_in_recovery(), current_user::text, \
+                    coalesce((SELECT CASE WHEN ssl THEN 'TLS ' || version ELSE 'no TLS' END FROM pg_stat_ssl WHERE pid = pg_backend_pid()), 'no TLS')",
             &[],
         )
         .await;
     match r {
         Ok(r) => {
-            let (version, tz, recovery, user): (String, String, bool, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let (version, tz, recovery, user, tls): (String, String, bool, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
             let (status, note) = if recovery {
                 (
                     Status::Warning,
@@ -230,8 +231,10 @@ async fn connection(client: &Client) -> Check {
                 "connection",
                 None,
                 status,
-                format!("PostgreSQL {version}, session TimeZone {tz}, connected as {user}{note}"),
-                json!({"server_version": version, "timezone": tz, "in_recovery": recovery, "user": user}),
+                format!(
+                    "PostgreSQL {version}, session TimeZone {tz}, connected as {user}, {tls}{note}"
+                ),
+                json!({"server_version": version, "timezone": tz, "in_recovery": recovery, "user": user, "tls": tls}),
             )
         }
         Err(e) => check(

@@ -370,7 +370,11 @@ impl RawDatabase {
         if self.url.trim().is_empty() {
             return Err("key `database.url`: expected a PostgreSQL URL or key=value string, got an empty string".into());
         }
-        if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
+        let (rest, tls) =
+            crate::tls::split(&self.url).map_err(|e| format!("key `database.url`: {e}"))?;
+        tls.client_config()
+            .map_err(|e| format!("key `database.url`: {e}"))?;
+        if let Err(e) = rest.parse::<tokio_postgres::Config>() {
             return Err(format!(
                 "key `database.url`: not a valid PostgreSQL connection string ({}): {}",
                 one_line(&e.to_string()),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{DatabaseConfig, redact_url};
+use crate::tls::TlsSettings;
 
 /// `application_name` of partwarden's sessions, visible in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "partwarden";
@@ -37,14 +38,18 @@ pub enum ConnectError {
 
 /// The parsed connection settings, with the password from `password_file` or `PGPASSWORD`
 /// applied and the user defaulted like libpq does.
-pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConnectError> {
-    let mut cfg: tokio_postgres::Config =
-        db.url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| ConnectError::Failed {
-                target: db.redacted_url(),
-                message: redact_url(&e.to_string()),
-            })?;
+pub fn pg_config(
+    db: &DatabaseConfig,
+) -> Result<(tokio_postgres::Config, TlsSettings), ConnectError> {
+    let failed = |message: String| ConnectError::Failed {
+        target: db.redacted_url(),
+        message: redact_url(&message),
+    };
+    let (rest, tls) = crate::tls::split(&db.url).map_err(failed)?;
+    let mut cfg: tokio_postgres::Config = rest
+        .parse()
+        .map_err(|e: tokio_postgres::Error| failed(e.to_string()))?;
+    cfg.ssl_mode(tls.pg_mode());
     if let Some(p) = &db.password {
         cfg.password(p.as_bytes());
     } else if cfg.get_password().is_none()
@@ -60,7 +65,7 @@ pub fn pg_config(db: &DatabaseConfig) -> Result<tokio_postgres::Config, ConnectE
     }
     cfg.connect_timeout(db.connect_timeout);
     cfg.application_name(APPLICATION_NAME);
-    Ok(cfg)
+    Ok((cfg, tls))
 }
 
 /// A short description of where `cfg` points, without secrets: `host:port/dbname as user`.
@@ -98,19 +103,51 @@ pub fn describe(cfg: &tokio_postgres::Config) -> String {
 /// Opens a session and sets it up (UTC, statement_timeout). The connection task is spawned on
 /// the current runtime and ends when the returned client is dropped.
 pub async fn connect(db: &DatabaseConfig) -> Result<Client, ConnectError> {
-    let cfg = pg_config(db)?;
+    let (cfg, tls) = pg_config(db)?;
     let target = describe(&cfg);
-    let attempt = cfg.connect(NoTls);
-    let (client, connection) = match tokio::time::timeout(db.connect_timeout, attempt).await {
+    let failed = |message: String| ConnectError::Failed {
+        target: target.clone(),
+        message: redact_url(&message),
+    };
+    let client = match tls.client_config().map_err(failed)? {
+        None => open(&cfg, NoTls, db.connect_timeout, &target).await?,
+        Some(rustls) => {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+            open(&cfg, connector, db.connect_timeout, &target).await?
+        }
+    };
+    setup_session(&client, db)
+        .await
+        .map_err(|e| ConnectError::Failed {
+            target,
+            message: format!("session set-up failed: {}", error_text(&e)),
+        })?;
+    Ok(client)
+}
+
+/// Connects within `timeout` and spawns the connection task.
+async fn open<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    timeout: Duration,
+    target: &str,
+) -> Result<Client, ConnectError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket> + 'static + Send,
+    T::TlsConnect: Send,
+    T::Stream: Send + 'static,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, connection) = match tokio::time::timeout(timeout, cfg.connect(tls)).await {
         Err(_) => {
             return Err(ConnectError::Timeout {
-                target,
-                timeout: db.connect_timeout,
+                target: target.to_string(),
+                timeout,
             });
         }
         Ok(Err(e)) => {
             return Err(ConnectError::Failed {
-                target,
+                target: target.to_string(),
                 message: redact_url(&error_text(&e)),
             });
         }
@@ -121,12 +158,6 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client, ConnectError> {
             tracing::debug!(error = %e, "connection closed");
         }
     });
-    setup_session(&client, db)
-        .await
-        .map_err(|e| ConnectError::Failed {
-            target,
-            message: format!("session set-up failed: {}", error_text(&e)),
-        })?;
     Ok(client)
 }
 

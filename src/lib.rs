@@ -41,3 +41,4 @@ pub mod premake;
 pub mod restore;
 pub mod scheduler;
 pub mod shape;
+pub mod tls;

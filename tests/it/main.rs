@@ -12,3 +12,4 @@ mod odds;
 mod pg;
 mod security;
 mod support;
+mod tls;

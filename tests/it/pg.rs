@@ -98,6 +98,23 @@ pub fn standby_of(primary: &Server) -> Server {
     start_from(PG_OPTIONS, Some(primary.port))
 }
 
+/// A server with TLS on, using the PEM certificate and key in `dir` (`server.crt`,
+/// `server.key`), which are handed to the postgres OS user.
+pub fn tls_server(dir: &std::path::Path) -> Server {
+    if running_as_root() {
+        let _ = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:")
+            .arg(dir)
+            .status();
+    }
+    start_with(&format!(
+        "{PG_OPTIONS} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        dir.join("server.crt").display(),
+        dir.join("server.key").display()
+    ))
+}
+
 fn start_with(options: &str) -> Server {
     start_from(options, None)
 }

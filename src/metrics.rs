@@ -172,17 +172,24 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task
                 continue;
             };
             tokio::spawn(async move {
-                let mut buf = [0u8; 2048];
-                let n = match tokio::time::timeout(
-                    std::time::Duration::from_secs(5),
-                    stream.read(&mut buf),
-                )
-                .await
-                {
-                    Ok(Ok(n)) => n,
-                    _ => return,
+                // Read the request head (it may come in pieces), up to 2 KiB and 5 seconds.
+                let mut buf = Vec::with_capacity(512);
+                let head = async {
+                    let mut chunk = [0u8; 512];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 2048 {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
                 };
-                let request = String::from_utf8_lossy(&buf[..n]);
+                if tokio::time::timeout(std::time::Duration::from_secs(5), head)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let request = String::from_utf8_lossy(&buf);
                 let (status, body, ctype) = if request.starts_with("GET /metrics ")
                     || request.starts_with("GET /metrics?")
                 {

@@ -1,0 +1,111 @@
+//! Benchmark: 50 managed tables x 120 monthly partitions.
+//!
+//! Prints the time of one pass with nothing to do, of one that creates one partition per table,
+//! and of `--check`, at 120 and at 240 partitions per table, to show how each grows when the
+//! partition count doubles. Targets on this machine: under 5 s, under 30 s and under 3 s at 120.
+//!
+//! Run: `cargo run --release --example scale_bench` (its own throwaway PostgreSQL).
+
+#[path = "../tests/it/pg.rs"]
+mod pg;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use chrono::{Months, Utc};
+use partwarden::period::Interval;
+use partwarden::{check, pass};
+
+const TABLES: usize = 50;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let db = pg::TestDb::new("bench_scale").await;
+    let c = db.client().await;
+    let mut tables = String::new();
+    for t in 0..TABLES {
+        c.batch_execute(&format!(
+            "CREATE TABLE public.t{t:02} (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz NOT NULL, v int, \
+             PRIMARY KEY (id, at)) PARTITION BY RANGE (at); CREATE INDEX ON public.t{t:02} (v)"
+        ))
+        .await
+        .unwrap();
+        tables.push_str(&format!("[[tables]]\nname = \"public.t{t:02}\"\npartition_key = \"at\"\npremake = 3\n\n"));
+    }
+    let config = db.config_with("", &tables);
+    let mut client = partwarden::db::connect(&config.database).await.unwrap();
+    let stop = AtomicBool::new(false);
+    let mut sink = Vec::new();
+    // The migrations, as bootstrap would run them (the tables are the application's).
+    let s = partwarden::bootstrap::run(&config, partwarden::bootstrap::Options { dry_run: false, now: Utc::now() }, &mut sink)
+        .await
+        .unwrap();
+    assert!(s.ok(), "{}", s.to_text());
+
+    println!("partwarden scale benchmark: {TABLES} tables, monthly partitions (keep forever), 2 cores");
+    let mut previous: Option<(f64, f64, f64)> = None;
+    for per_table in [120u32, 240] {
+        // History back to per_table - 4 months ago: the pass's gap fill makes the partitions.
+        let earliest = Interval::Monthly.floor(Utc::now()) - Months::new(per_table - 4);
+        for t in 0..TABLES {
+            let name = format!("t{t:02}{}", Interval::Monthly.suffix(earliest));
+            c.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS public.{name} PARTITION OF public.t{t:02} FOR VALUES FROM ('{}') TO ('{}')",
+                earliest.to_rfc3339(),
+                (earliest + Months::new(1)).to_rfc3339()
+            ))
+            .await
+            .unwrap();
+        }
+        let t0 = Instant::now();
+        let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+        assert!(r.ok(), "{}", r.to_text());
+        let created: usize = r.tables.iter().map(|t| t.created.len()).sum();
+        println!("\n== {per_table} partitions per table ({} in all; set up by a pass creating {created} in {:.1} s)", per_table as usize * TABLES, t0.elapsed().as_secs_f64());
+        // One partition per table to create: drop the last premade one of each.
+        let noop = time(|| async {
+            let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+            assert!(r.ok());
+            assert_eq!(r.tables.iter().map(|t| t.created.len()).sum::<usize>(), 0);
+        })
+        .await;
+        let last = Interval::Monthly.floor(Utc::now()) + Months::new(3);
+        for t in 0..TABLES {
+            c.batch_execute(&format!("DROP TABLE public.t{t:02}{}", Interval::Monthly.suffix(last))).await.unwrap();
+        }
+        let one_each = time(|| async {
+            let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+            assert!(r.ok());
+            assert_eq!(r.tables.iter().map(|t| t.created.len()).sum::<usize>(), TABLES);
+        })
+        .await;
+        let check_t = time(|| async {
+            let report = check::run(&config, Utc::now()).await;
+            assert!(report.status <= check::Status::Warning, "{}", report.to_text(false));
+        })
+        .await;
+        println!("pass with nothing to do            {:>8.2} s   (target < 5 s at 120)", noop.as_secs_f64());
+        println!("pass creating one per table        {:>8.2} s   (target < 30 s at 120)", one_each.as_secs_f64());
+        println!("--check                            {:>8.2} s   (target < 3 s at 120)", check_t.as_secs_f64());
+        let now = (noop.as_secs_f64(), one_each.as_secs_f64(), check_t.as_secs_f64());
+        if let Some(p) = previous {
+            println!(
+                "growth when partitions double: nothing-to-do pass x{:.2}, one-per-table pass x{:.2}, --check x{:.2}",
+                now.0 / p.0,
+                now.1 / p.1,
+                now.2 / p.2
+            );
+        }
+        previous = Some(now);
+    }
+}
+
+async fn time<F, Fut>(f: F) -> Duration
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let t = Instant::now();
+    f().await;
+    t.elapsed()
+}

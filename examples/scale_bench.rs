@@ -30,19 +30,30 @@ async fn main() {
         ))
         .await
         .unwrap();
-        tables.push_str(&format!("[[tables]]\nname = \"public.t{t:02}\"\npartition_key = \"at\"\npremake = 3\n\n"));
+        tables.push_str(&format!(
+            "[[tables]]\nname = \"public.t{t:02}\"\npartition_key = \"at\"\npremake = 3\n\n"
+        ));
     }
     let config = db.config_with("", &tables);
     let mut client = partwarden::db::connect(&config.database).await.unwrap();
     let stop = AtomicBool::new(false);
     let mut sink = Vec::new();
     // The migrations, as bootstrap would run them (the tables are the application's).
-    let s = partwarden::bootstrap::run(&config, partwarden::bootstrap::Options { dry_run: false, now: Utc::now() }, &mut sink)
-        .await
-        .unwrap();
+    let s = partwarden::bootstrap::run(
+        &config,
+        partwarden::bootstrap::Options {
+            dry_run: false,
+            now: Utc::now(),
+        },
+        &mut sink,
+    )
+    .await
+    .unwrap();
     assert!(s.ok(), "{}", s.to_text());
 
-    println!("partwarden scale benchmark: {TABLES} tables, monthly partitions (keep forever), 2 cores");
+    println!(
+        "partwarden scale benchmark: {TABLES} tables, monthly partitions (keep forever), 2 cores"
+    );
     let mut previous: Option<(f64, f64, f64)> = None;
     for per_table in [120u32, 240] {
         // History back to per_table - 4 months ago: the pass's gap fill makes the partitions.
@@ -58,36 +69,95 @@ async fn main() {
             .unwrap();
         }
         let t0 = Instant::now();
-        let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+        let r = pass::run(
+            &mut client,
+            &config,
+            pass::Options {
+                dry_run: false,
+                now: Utc::now(),
+            },
+            &stop,
+            &mut sink,
+        )
+        .await;
         assert!(r.ok(), "{}", r.to_text());
         let created: usize = r.tables.iter().map(|t| t.created.len()).sum();
-        println!("\n== {per_table} partitions per table ({} in all; set up by a pass creating {created} in {:.1} s)", per_table as usize * TABLES, t0.elapsed().as_secs_f64());
+        println!(
+            "\n== {per_table} partitions per table ({} in all; set up by a pass creating {created} in {:.1} s)",
+            per_table as usize * TABLES,
+            t0.elapsed().as_secs_f64()
+        );
         // One partition per table to create: drop the last premade one of each.
         let noop = time(|| async {
-            let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+            let r = pass::run(
+                &mut client,
+                &config,
+                pass::Options {
+                    dry_run: false,
+                    now: Utc::now(),
+                },
+                &stop,
+                &mut sink,
+            )
+            .await;
             assert!(r.ok());
             assert_eq!(r.tables.iter().map(|t| t.created.len()).sum::<usize>(), 0);
         })
         .await;
         let last = Interval::Monthly.floor(Utc::now()) + Months::new(3);
         for t in 0..TABLES {
-            c.batch_execute(&format!("DROP TABLE public.t{t:02}{}", Interval::Monthly.suffix(last))).await.unwrap();
+            c.batch_execute(&format!(
+                "DROP TABLE public.t{t:02}{}",
+                Interval::Monthly.suffix(last)
+            ))
+            .await
+            .unwrap();
         }
         let one_each = time(|| async {
-            let r = pass::run(&mut client, &config, pass::Options { dry_run: false, now: Utc::now() }, &stop, &mut sink).await;
+            let r = pass::run(
+                &mut client,
+                &config,
+                pass::Options {
+                    dry_run: false,
+                    now: Utc::now(),
+                },
+                &stop,
+                &mut sink,
+            )
+            .await;
             assert!(r.ok());
-            assert_eq!(r.tables.iter().map(|t| t.created.len()).sum::<usize>(), TABLES);
+            assert_eq!(
+                r.tables.iter().map(|t| t.created.len()).sum::<usize>(),
+                TABLES
+            );
         })
         .await;
         let check_t = time(|| async {
             let report = check::run(&config, Utc::now()).await;
-            assert!(report.status <= check::Status::Warning, "{}", report.to_text(false));
+            assert!(
+                report.status <= check::Status::Warning,
+                "{}",
+                report.to_text(false)
+            );
         })
         .await;
-        println!("pass with nothing to do            {:>8.2} s   (target < 5 s at 120)", noop.as_secs_f64());
-        println!("pass creating one per table        {:>8.2} s   (target < 30 s at 120)", one_each.as_secs_f64());
-        println!("--check                            {:>8.2} s   (target < 3 s at 120)", check_t.as_secs_f64());
-        let now = (noop.as_secs_f64(), one_each.as_secs_f64(), check_t.as_secs_f64());
+        println!(
+            "pass with nothing to do            {:>8.2} s   (target < 5 s at 120)",
+            noop.as_secs_f64()
+        );
+        println!(
+            "pass creating one per table        {:>8.2} s   (target < 30 s at 120)",
+            one_each.as_secs_f64()
+        );
+        println!(
+            "--check                            {:>8.2} s   (target < 3 s at 120)",
+            check_t.as_secs_f64()
+        );
+        let now = (
+            noop.as_secs_f64(),
+            one_each.as_secs_f64(),
+            check_t.as_secs_f64(),
+        );
         if let Some(p) = previous {
             println!(
                 "growth when partitions double: nothing-to-do pass x{:.2}, one-per-table pass x{:.2}, --check x{:.2}",

@@ -31,15 +31,23 @@ async fn main() {
     }
     let db = pg::TestDb::new("bench_soak").await;
     let path = db.write_config("", "");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("archive_dir = \"archive\"\n", "archive_dir = \"archive\"\nschedule = \"* * * * * *\"\n");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "archive_dir = \"archive\"\n",
+        "archive_dir = \"archive\"\nschedule = \"* * * * * *\"\n",
+    );
     std::fs::write(&path, text).unwrap();
     let config = partwarden::config::Config::load(&path).unwrap();
     let mut sink = Vec::new();
-    let s = partwarden::bootstrap::run(&config, partwarden::bootstrap::Options { dry_run: false, now: Utc::now() }, &mut sink)
-        .await
-        .unwrap();
+    let s = partwarden::bootstrap::run(
+        &config,
+        partwarden::bootstrap::Options {
+            dry_run: false,
+            now: Utc::now(),
+        },
+        &mut sink,
+    )
+    .await
+    .unwrap();
     assert!(s.ok());
     let c = db.client().await;
     // Twenty expired months with rows, for the daemon to archive during the soak.
@@ -147,10 +155,15 @@ async fn main() {
     for t in tasks {
         t.await.unwrap();
     }
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let status = daemon.wait().unwrap();
     let passes: i64 = c
-        .query_one("SELECT count(*) FROM partwarden.partition_events WHERE step = 'pass'", &[])
+        .query_one(
+            "SELECT count(*) FROM partwarden.partition_events WHERE step = 'pass'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -164,12 +177,29 @@ async fn main() {
         .await
         .unwrap()
         .get(0);
-    println!("partwarden soak: daemon on a 1 s schedule for {minutes} min, 2 writers (500 markets / 200 ms), 1 reader (every 100 ms)");
-    println!("passes run                 {passes} ({failed_passes} with a failure); partitions expired {expired}");
-    println!("odds batches written       {} ; failed writes {} (target 0)", writes.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("history reads              {}", reads.load(Ordering::Relaxed));
-    println!("daemon RSS                 {} KiB at start, {} KiB at end", start.0, end.0);
-    println!("daemon open fds            {} at start, {} at end", start.1, end.1);
+    println!(
+        "partwarden soak: daemon on a 1 s schedule for {minutes} min, 2 writers (500 markets / 200 ms), 1 reader (every 100 ms)"
+    );
+    println!(
+        "passes run                 {passes} ({failed_passes} with a failure); partitions expired {expired}"
+    );
+    println!(
+        "odds batches written       {} ; failed writes {} (target 0)",
+        writes.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    println!(
+        "history reads              {}",
+        reads.load(Ordering::Relaxed)
+    );
+    println!(
+        "daemon RSS                 {} KiB at start, {} KiB at end",
+        start.0, end.0
+    );
+    println!(
+        "daemon open fds            {} at start, {} at end",
+        start.1, end.1
+    );
     println!("daemon exit on SIGTERM     {:?}", status.code());
 }
 
@@ -186,5 +216,7 @@ fn rss_kb(pid: u32) -> u64 {
 }
 
 fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

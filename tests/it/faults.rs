@@ -340,3 +340,108 @@ async fn a_full_archive_directory_keeps_the_table_and_check_goes_critical() {
     let (code, check, _) = partwarden(&["--config", path_str(&config), "--check"], &[]);
     assert_eq!(code, 0, "{check}");
 }
+
+#[tokio::test]
+async fn a_postgres_restart_during_a_pass_loses_nothing() {
+    let server = crate::support::private_server();
+    let db = TestDb::on(&server, "restart").await;
+    let config = db.write_config("", "");
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    let mut expected = BTreeMap::new();
+    for back in [8, 9, 10] {
+        expected.insert(name(back), old_partition(&c, back).await);
+    }
+    drop(c);
+    let mut child = spawn(&config, &[]);
+    std::thread::sleep(Duration::from_millis(60));
+    server.stop();
+    let status = child.wait().unwrap();
+    server.start_again();
+    // Whatever the interrupted pass got to, the next ones finish it.
+    for _ in 0..3 {
+        let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+        assert_eq!(
+            code, 0,
+            "after the restart (the interrupted pass exited {status:?}): {out}{err}"
+        );
+    }
+    let c = db.client().await;
+    let dir = db
+        .dir
+        .path()
+        .join("archive")
+        .join("public.market_odds_history");
+    for (partition, hash) in &expected {
+        assert!(!attached(&c, partition).await);
+        assert_eq!(
+            archive_hash(&dir, partition).as_deref(),
+            Some(hash.as_str()),
+            "{partition}"
+        );
+    }
+    server.stop();
+}
+
+#[tokio::test]
+async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
+    let db = TestDb::new("long_reader").await;
+    let config = db.write_config("", "");
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    old_partition(&c, 8).await;
+    // The pass has one partition to create and one to expire.
+    let last = format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(3))
+    );
+    c.batch_execute(&format!("DROP TABLE {last}"))
+        .await
+        .unwrap();
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM market_odds_history")
+        .await
+        .unwrap();
+    let writer = db.client().await;
+    let insert = writer
+        .prepare(
+            "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes) \
+             VALUES (1, 'betpawa', 'x', '[]')",
+        )
+        .await
+        .unwrap();
+    let mut child = spawn(&config, &[]);
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let t = Instant::now();
+        writer.execute(&insert, &[]).await.unwrap();
+        worst = worst.max(t.elapsed());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The new partition is usable while the reader still holds its transaction.
+    assert!(
+        attached(&c, &last).await,
+        "created without waiting for the reader"
+    );
+    reader.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        !attached(&c, &name(8)).await,
+        "expired once the reader ended"
+    );
+    // lock_timeout is 200 ms in the test configuration.
+    assert!(
+        worst <= Duration::from_millis(250),
+        "an insert waited {worst:?} (of {n})"
+    );
+}

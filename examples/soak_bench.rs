@@ -97,7 +97,7 @@ async fn main() {
                         handicap_type: None,
                         handicap_home: None,
                         handicap_away: None,
-                        outcomes: json!([{"name": "1", "odds": 1.5 + ((round + i as u64) % 5 == 0) as u8 as f64 * (round % 7) as f64 / 10.0, "is_active": true}]),
+                        outcomes: json!([{"name": "1", "odds": 1.5 + (round + i as u64).is_multiple_of(5) as u8 as f64 * (round % 7) as f64 / 10.0, "is_active": true}]),
                         market_groups: None,
                         unavailable_at: None,
                         scraped_at: at,

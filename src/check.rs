@@ -591,6 +591,19 @@ async fn probe_routing(
 ) -> Result<Check, tokio_postgres::Error> {
     let t = table.name.to_string();
     let rel = RelName::from(&table.name);
+    let recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if recovery {
+        return Ok(check(
+            "routing",
+            Some(&t),
+            Status::Warning,
+            "skipped: the server is in recovery (read-only), probes need a primary",
+            json!({"skipped": true}),
+        ));
+    }
     let can_insert: bool = client
         .query_one(
             "SELECT has_table_privilege(to_regclass($1), 'INSERT')",

@@ -66,7 +66,17 @@ async fn a_standby_gets_no_ddl_and_a_multi_host_url_reaches_the_primary() {
         assert!(err.contains("in recovery"), "{mode}: {err}");
     }
     let (code, out, _) = partwarden(&["--config", path_str(&standby_config), "--check"], &[]);
-    assert!(out.contains("in recovery"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN connection") && l.contains("in recovery")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("WARN routing") && l.contains("in recovery")),
+        "{out}"
+    );
+    assert!(!out.contains("UNKN"), "{out}");
     assert!(code >= 1);
 
     // Both hosts listed, standby first: target_session_attrs=read-write picks the primary.

@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use partwarden::odds::{self, MarketOdds};
 use serde_json::json;
-use tokio_postgres::types::{ToSql, Type};
 
 const NAIVE_ROWS: usize = 20_000;
 
@@ -122,15 +121,27 @@ async fn main() {
         reset(&c, setup).await;
         let naive_rows = &rows[..rows.len().min(NAIVE_ROWS)];
         let d = naive(&c, naive_rows).await;
-                let naive = line("naive: one INSERT ... ON CONFLICT per market", naive_rows.len(), d, String::new());
+        let naive = line(
+            "naive: one INSERT ... ON CONFLICT per market",
+            naive_rows.len(),
+            d,
+            String::new(),
+        );
         // For reference: the library called once per market, i.e. the same work as write_batch
         // (upsert and change-only history) in one round trip per market.
         reset(&c, setup).await;
         let t = Instant::now();
         for r in naive_rows {
-            odds::write_batch(&c, std::slice::from_ref(r)).await.unwrap();
+            odds::write_batch(&c, std::slice::from_ref(r))
+                .await
+                .unwrap();
         }
-        line("(reference) write_batch with one market per call", naive_rows.len(), t.elapsed(), String::new());
+        line(
+            "(reference) write_batch with one market per call",
+            naive_rows.len(),
+            t.elapsed(),
+            String::new(),
+        );
         for (size, rate) in [1000, 5000].iter().zip(&batch_rates) {
             println!(
                 "write_batch({size}) / ceiling = {:.2} (target >= 0.7)   write_batch({size}) / naive = {:.1}x (target >= 20x)",
@@ -188,41 +199,12 @@ async fn load_staging(c: &tokio_postgres::Client, rows: &[MarketOdds]) {
         .unwrap();
     // One row per key, in key order, exactly as write_batch sends them.
     let (rows, _) = odds::prepare(rows);
-    let event_id: Vec<i32> = rows.iter().map(|r| r.event_id).collect();
-    let bookmaker: Vec<&str> = rows.iter().map(|r| r.bookmaker_slug.as_str()).collect();
-    let market: Vec<&str> = rows.iter().map(|r| r.betpawa_market_id.as_str()).collect();
-    let name: Vec<&str> = rows
-        .iter()
-        .map(|r| r.betpawa_market_name.as_str())
-        .collect();
-    let line: Vec<Option<f64>> = rows.iter().map(|r| r.line).collect();
-    let ht: Vec<Option<&str>> = rows.iter().map(|r| r.handicap_type.as_deref()).collect();
-    let hh: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_home).collect();
-    let ha: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_away).collect();
-    let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.outcomes).collect();
-    let groups: Vec<Option<&serde_json::Value>> =
-        rows.iter().map(|r| r.market_groups.as_ref()).collect();
-    let unavailable: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.unavailable_at).collect();
-    let scraped: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scraped_at).collect();
-    let params: [(&(dyn ToSql + Sync), Type); 12] = [
-        (&event_id, Type::INT4_ARRAY),
-        (&bookmaker, Type::TEXT_ARRAY),
-        (&market, Type::TEXT_ARRAY),
-        (&name, Type::TEXT_ARRAY),
-        (&line, Type::FLOAT8_ARRAY),
-        (&ht, Type::TEXT_ARRAY),
-        (&hh, Type::FLOAT8_ARRAY),
-        (&ha, Type::FLOAT8_ARRAY),
-        (&outcomes, Type::JSONB_ARRAY),
-        (&groups, Type::JSONB_ARRAY),
-        (&unavailable, Type::TIMESTAMPTZ_ARRAY),
-        (&scraped, Type::TIMESTAMPTZ_ARRAY),
-    ];
+    let columns = odds::Columns::new(&rows);
     c.query_typed(
         "CREATE UNLOGGED TABLE bench_staging AS SELECT $1::int4[] AS a1, $2::text[] AS a2, $3::text[] AS a3, \
          $4::text[] AS a4, $5::float8[] AS a5, $6::text[] AS a6, $7::float8[] AS a7, $8::float8[] AS a8, \
          $9::jsonb[] AS a9, $10::jsonb[] AS a10, $11::timestamptz[] AS a11, $12::timestamptz[] AS a12",
-        &params,
+        &columns.params(),
     )
     .await
     .unwrap();

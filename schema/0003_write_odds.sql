@@ -98,3 +98,39 @@ $fn$;
 COMMENT ON FUNCTION partwarden.write_odds IS
     'One scrape batch of odds: upsert market_odds_current, change-only market_odds_history. Called by partwarden::odds::write_batch.';
 
+
+-- Markets that disappeared: sets unavailable_at on the available ones among the keys, in the
+-- batch's key order (the same global order as write_odds, so the two never deadlock), one
+-- lookup in the unique index each. A market already marked keeps its first instant.
+CREATE FUNCTION partwarden.mark_unavailable(
+    p_event_id integer[],
+    p_bookmaker_slug text[],
+    p_betpawa_market_id text[],
+    p_line double precision[],
+    p_at timestamptz
+)
+RETURNS bigint
+LANGUAGE sql
+VOLATILE
+SET jit = off
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+WITH target AS (
+    SELECT c.id
+    FROM unnest(p_event_id, p_bookmaker_slug, p_betpawa_market_id, p_line)
+         WITH ORDINALITY AS k(event_id, bookmaker_slug, betpawa_market_id, line, ord)
+    CROSS JOIN LATERAL (
+        SELECT c.id FROM public.market_odds_current c
+        WHERE c.event_id = k.event_id AND c.bookmaker_slug = k.bookmaker_slug
+          AND c.betpawa_market_id = k.betpawa_market_id AND coalesce(c.line, 0) = coalesce(k.line, 0)
+          AND c.unavailable_at IS NULL
+        FOR UPDATE
+    ) c
+),
+marked AS (
+    UPDATE public.market_odds_current c SET unavailable_at = p_at
+    FROM target WHERE c.id = target.id
+    RETURNING 1
+)
+SELECT count(*) FROM marked
+$fn$;

@@ -277,14 +277,7 @@ pub async fn lock(client: &Client, wait: std::time::Duration) -> Result<(), Migr
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            let holder: Option<i32> = client
-                .query_one(
-                    "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                     AND (classid::bigint << 32 | objid::bigint) = $1",
-                    &[&BOOTSTRAP_LOCK_KEY],
-                )
-                .await?
-                .get(0);
+            let holder = crate::db::advisory_holder(client, BOOTSTRAP_LOCK_KEY).await?;
             return Err(MigrateError::Busy {
                 holder: holder.unwrap_or(0),
             });

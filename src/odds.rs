@@ -207,20 +207,90 @@ pub fn prepare(rows: &[MarketOdds]) -> (Vec<&MarketOdds>, u64) {
     }
     let duplicates = (rows.len() - latest.len()) as u64;
     let mut kept: Vec<&MarketOdds> = latest.into_values().map(|i| &rows[i]).collect();
-    kept.sort_by(|a, b| {
-        (
-            a.event_id,
-            a.bookmaker_slug.as_bytes(),
-            a.betpawa_market_id.as_bytes(),
-        )
-            .cmp(&(
-                b.event_id,
-                b.bookmaker_slug.as_bytes(),
-                b.betpawa_market_id.as_bytes(),
-            ))
-            .then_with(|| a.line.unwrap_or(0.0).total_cmp(&b.line.unwrap_or(0.0)))
-    });
+    kept.sort_by(|a, b| key_cmp(market_key(a), market_key(b)));
     (kept, duplicates)
+}
+
+fn market_key(r: &MarketOdds) -> (i32, &str, &str, Option<f64>) {
+    (
+        r.event_id,
+        r.bookmaker_slug.as_str(),
+        r.betpawa_market_id.as_str(),
+        r.line,
+    )
+}
+
+/// The one global order in which writers lock markets: event, bookmaker and market (bytes),
+/// then the line with NULL as 0 and -0 as 0.
+fn key_cmp(
+    a: (i32, &str, &str, Option<f64>),
+    b: (i32, &str, &str, Option<f64>),
+) -> std::cmp::Ordering {
+    let line0 = |l: Option<f64>| {
+        let l = l.unwrap_or(0.0);
+        if l == 0.0 { 0.0 } else { l }
+    };
+    (a.0, a.1.as_bytes(), a.2.as_bytes())
+        .cmp(&(b.0, b.1.as_bytes(), b.2.as_bytes()))
+        .then_with(|| line0(a.3).total_cmp(&line0(b.3)))
+}
+
+/// A prepared batch as the typed arrays `partwarden.write_odds` takes, one per column, in
+/// [`MarketOdds`]'s field order.
+pub struct Columns<'a> {
+    event_id: Vec<i32>,
+    bookmaker_slug: Vec<&'a str>,
+    betpawa_market_id: Vec<&'a str>,
+    betpawa_market_name: Vec<&'a str>,
+    line: Vec<Option<f64>>,
+    handicap_type: Vec<Option<&'a str>>,
+    handicap_home: Vec<Option<f64>>,
+    handicap_away: Vec<Option<f64>>,
+    outcomes: Vec<&'a serde_json::Value>,
+    market_groups: Vec<Option<&'a serde_json::Value>>,
+    unavailable_at: Vec<Option<DateTime<Utc>>>,
+    scraped_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    /// The columns of `rows` (as [`prepare`] returns them).
+    pub fn new(rows: &[&'a MarketOdds]) -> Columns<'a> {
+        Columns {
+            event_id: rows.iter().map(|r| r.event_id).collect(),
+            bookmaker_slug: rows.iter().map(|r| r.bookmaker_slug.as_str()).collect(),
+            betpawa_market_id: rows.iter().map(|r| r.betpawa_market_id.as_str()).collect(),
+            betpawa_market_name: rows
+                .iter()
+                .map(|r| r.betpawa_market_name.as_str())
+                .collect(),
+            line: rows.iter().map(|r| r.line).collect(),
+            handicap_type: rows.iter().map(|r| r.handicap_type.as_deref()).collect(),
+            handicap_home: rows.iter().map(|r| r.handicap_home).collect(),
+            handicap_away: rows.iter().map(|r| r.handicap_away).collect(),
+            outcomes: rows.iter().map(|r| &r.outcomes).collect(),
+            market_groups: rows.iter().map(|r| r.market_groups.as_ref()).collect(),
+            unavailable_at: rows.iter().map(|r| r.unavailable_at).collect(),
+            scraped_at: rows.iter().map(|r| r.scraped_at).collect(),
+        }
+    }
+
+    /// The twelve parameters with their types, `$1` .. `$12`.
+    pub fn params(&self) -> [(&(dyn ToSql + Sync), Type); 12] {
+        [
+            (&self.event_id, Type::INT4_ARRAY),
+            (&self.bookmaker_slug, Type::TEXT_ARRAY),
+            (&self.betpawa_market_id, Type::TEXT_ARRAY),
+            (&self.betpawa_market_name, Type::TEXT_ARRAY),
+            (&self.line, Type::FLOAT8_ARRAY),
+            (&self.handicap_type, Type::TEXT_ARRAY),
+            (&self.handicap_home, Type::FLOAT8_ARRAY),
+            (&self.handicap_away, Type::FLOAT8_ARRAY),
+            (&self.outcomes, Type::JSONB_ARRAY),
+            (&self.market_groups, Type::JSONB_ARRAY),
+            (&self.unavailable_at, Type::TIMESTAMPTZ_ARRAY),
+            (&self.scraped_at, Type::TIMESTAMPTZ_ARRAY),
+        ]
+    }
 }
 
 /// The statement [`write_batch`] sends: the function of `schema/0003_write_odds.sql`.
@@ -246,37 +316,8 @@ pub async fn write_batch(
         validate(r).map_err(|message| WriteError::InvalidInput { index, message })?;
     }
     let (rows, duplicates) = prepare(rows);
-    let event_id: Vec<i32> = rows.iter().map(|r| r.event_id).collect();
-    let bookmaker: Vec<&str> = rows.iter().map(|r| r.bookmaker_slug.as_str()).collect();
-    let market: Vec<&str> = rows.iter().map(|r| r.betpawa_market_id.as_str()).collect();
-    let name: Vec<&str> = rows
-        .iter()
-        .map(|r| r.betpawa_market_name.as_str())
-        .collect();
-    let line: Vec<Option<f64>> = rows.iter().map(|r| r.line).collect();
-    let handicap_type: Vec<Option<&str>> =
-        rows.iter().map(|r| r.handicap_type.as_deref()).collect();
-    let handicap_home: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_home).collect();
-    let handicap_away: Vec<Option<f64>> = rows.iter().map(|r| r.handicap_away).collect();
-    let outcomes: Vec<&serde_json::Value> = rows.iter().map(|r| &r.outcomes).collect();
-    let groups: Vec<Option<&serde_json::Value>> =
-        rows.iter().map(|r| r.market_groups.as_ref()).collect();
-    let unavailable: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.unavailable_at).collect();
-    let scraped: Vec<DateTime<Utc>> = rows.iter().map(|r| r.scraped_at).collect();
-    let params: [(&(dyn ToSql + Sync), Type); 12] = [
-        (&event_id, Type::INT4_ARRAY),
-        (&bookmaker, Type::TEXT_ARRAY),
-        (&market, Type::TEXT_ARRAY),
-        (&name, Type::TEXT_ARRAY),
-        (&line, Type::FLOAT8_ARRAY),
-        (&handicap_type, Type::TEXT_ARRAY),
-        (&handicap_home, Type::FLOAT8_ARRAY),
-        (&handicap_away, Type::FLOAT8_ARRAY),
-        (&outcomes, Type::JSONB_ARRAY),
-        (&groups, Type::JSONB_ARRAY),
-        (&unavailable, Type::TIMESTAMPTZ_ARRAY),
-        (&scraped, Type::TIMESTAMPTZ_ARRAY),
-    ];
+    let columns = Columns::new(&rows);
+    let params = columns.params();
     let row = client
         .query_typed_one(WRITE_SQL, &params)
         .await
@@ -293,7 +334,8 @@ pub async fn write_batch(
 }
 
 /// Sets `unavailable_at = at` on the markets of `keys` that are available, in one statement
-/// (key order, like [`write_batch`]). Returns how many were marked. A market already marked
+/// (the function `partwarden.mark_unavailable`, in the same key order as [`write_batch`], so the
+/// two never deadlock). Returns how many were marked. A market already marked
 /// keeps the instant it was first seen gone.
 pub async fn mark_unavailable(
     client: &impl GenericClient,
@@ -303,10 +345,24 @@ pub async fn mark_unavailable(
     if keys.is_empty() {
         return Ok(0);
     }
-    let event_id: Vec<i32> = keys.iter().map(|k| k.event_id).collect();
-    let bookmaker: Vec<&str> = keys.iter().map(|k| k.bookmaker_slug.as_str()).collect();
-    let market: Vec<&str> = keys.iter().map(|k| k.betpawa_market_id.as_str()).collect();
-    let line: Vec<Option<f64>> = keys.iter().map(|k| k.line).collect();
+    // One entry per key, in the same global order as write_batch.
+    let mut sorted: Vec<(i32, &str, &str, Option<f64>)> = keys
+        .iter()
+        .map(|k| {
+            (
+                k.event_id,
+                k.bookmaker_slug.as_str(),
+                k.betpawa_market_id.as_str(),
+                k.line,
+            )
+        })
+        .collect();
+    sorted.sort_by(|a, b| key_cmp((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3)));
+    sorted.dedup_by(|a, b| key_cmp((a.0, a.1, a.2, a.3), (b.0, b.1, b.2, b.3)).is_eq());
+    let event_id: Vec<i32> = sorted.iter().map(|k| k.0).collect();
+    let bookmaker: Vec<&str> = sorted.iter().map(|k| k.1).collect();
+    let market: Vec<&str> = sorted.iter().map(|k| k.2).collect();
+    let line: Vec<Option<f64>> = sorted.iter().map(|k| k.3).collect();
     let params: [(&(dyn ToSql + Sync), Type); 5] = [
         (&event_id, Type::INT4_ARRAY),
         (&bookmaker, Type::TEXT_ARRAY),
@@ -316,18 +372,7 @@ pub async fn mark_unavailable(
     ];
     let row = client
         .query_typed_one(
-            "WITH k AS (SELECT DISTINCT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::float8[]) \
-                        AS t(event_id, bookmaker_slug, betpawa_market_id, line)),
-                  target AS (
-                    SELECT c.id FROM market_odds_current c
-                    JOIN k ON c.event_id = k.event_id AND c.bookmaker_slug = k.bookmaker_slug
-                          AND c.betpawa_market_id = k.betpawa_market_id AND coalesce(c.line, 0) = coalesce(k.line, 0)
-                    WHERE c.unavailable_at IS NULL
-                    ORDER BY c.event_id, c.bookmaker_slug, c.betpawa_market_id, coalesce(c.line, 0)
-                    FOR UPDATE OF c),
-                  marked AS (UPDATE market_odds_current c SET unavailable_at = $5
-                             FROM target WHERE c.id = target.id RETURNING 1)
-             SELECT count(*) FROM marked",
+            "SELECT partwarden.mark_unavailable($1, $2, $3, $4, $5)",
             &params,
         )
         .await

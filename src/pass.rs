@@ -244,14 +244,7 @@ pub async fn try_lock(client: &Client) -> Result<Result<(), i32>, tokio_postgres
     if got {
         return Ok(Ok(()));
     }
-    let holder: Option<i32> = client
-        .query_one(
-            "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND (classid::bigint << 32 | objid::bigint) = $1",
-            &[&PASS_LOCK_KEY],
-        )
-        .await?
-        .get(0);
+    let holder = db::advisory_holder(client, PASS_LOCK_KEY).await?;
     Ok(Err(holder.unwrap_or(0)))
 }
 

@@ -164,12 +164,15 @@ where
 async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio_postgres::Error> {
     let statement_timeout = format!("{}ms", db.statement_timeout.as_millis());
     // UTC and ISO dates: bounds and archived timestamps are always written with +00 and read
-    // back unambiguously. Exact float output, so an archive restores bit for bit.
+    // back unambiguously. Exact float output, so an archive restores bit for bit. A backend
+    // whose client vanished (killed, network gone) stops its statement within a second instead
+    // of holding locks until it finishes (PostgreSQL 14+).
     client
         .execute(
             "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO, MDY', false), \
                     set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '3', false), \
-                    set_config('bytea_output', 'hex', false), set_config('statement_timeout', $1, false)",
+                                        set_config('bytea_output', 'hex', false), set_config('statement_timeout', $1, false), \
+                    set_config('client_connection_check_interval', '1s', false)",
             &[&statement_timeout],
         )
         .await?;

@@ -261,10 +261,25 @@ pub async fn run_once(
             .await
             .map_err(PassError::Refused)?;
     }
-    if !opts.dry_run
-        && let Err(pid) = try_lock(&client).await?
-    {
-        return Err(PassError::Busy(pid));
+    if !opts.dry_run {
+        // Another pass (the daemon's, or the backend of a pass whose process was just killed
+        // and whose server side has not noticed yet) may hold the lock: wait for it, as
+        // bootstrap does, up to lock_retry_for.
+        let deadline = tokio::time::Instant::now() + config.database.lock_retry_for;
+        let mut logged = false;
+        while let Err(pid) = try_lock(&client).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PassError::Busy(pid));
+            }
+            if !logged {
+                tracing::info!(
+                    holder_pid = pid,
+                    "another pass holds the pass lock; waiting for it"
+                );
+                logged = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
     Ok(run(&mut client, config, opts, &AtomicBool::new(false), out).await)
 }

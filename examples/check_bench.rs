@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Months, Utc};
 use partwarden::period::Interval;
-use partwarden::{bootstrap, check, pass};
+use partwarden::{check, pass};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -31,16 +31,7 @@ async fn main() {
     );
     let config = partwarden::config::Config::load(&config_path).unwrap();
     let mut sink = Vec::new();
-    bootstrap::run(
-        &config,
-        bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .unwrap();
+    db.bootstrap(&config).await;
     let c = db.client().await;
     let first = Interval::Monthly.floor(Utc::now()) - Months::new(56);
     c.batch_execute(&format!(

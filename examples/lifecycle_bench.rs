@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{Months, Utc};
 use partwarden::period::Interval;
-use partwarden::{bootstrap, db, pass};
+use partwarden::{db, pass};
 use tokio::sync::Mutex;
 
 const WRITERS: usize = 2;
@@ -35,17 +35,7 @@ async fn main() {
     let db = pg::TestDb::new("bench_lifecycle").await;
     let base = db.config_with("", "[[tables]]\nname = \"public.market_odds_history\"\npremake = 3\nretention = \"6 months\"\n");
     let mut sink = Vec::new();
-    let s = bootstrap::run(
-        &base,
-        bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .expect("bootstrap");
-    assert!(s.ok());
+    db.bootstrap(&base).await;
     let setup = db.client().await;
     let old = Interval::Monthly.floor(Utc::now()) - Months::new(8);
     setup
@@ -62,17 +52,7 @@ async fn main() {
         .unwrap();
     // Bootstrap again: it fills the periods between the old partition and now that are within
     // retention, so that the pass below has exactly one partition to create and one to expire.
-    let s = bootstrap::run(
-        &base,
-        bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .expect("bootstrap");
-    assert!(s.ok());
+    db.bootstrap(&base).await;
     // The pass's configuration: one more premade period than bootstrap made, 6 months retention.
     let config = db.config_with("", "[[tables]]\nname = \"public.market_odds_history\"\npremake = 4\nretention = \"6 months\"\n");
     let lock_timeout = config.database.lock_timeout;

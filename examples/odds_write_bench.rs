@@ -40,18 +40,7 @@ async fn main() {
     let server = pg::durable_server();
     let db = pg::TestDb::on(&server, "bench_odds").await;
     let config = db.config();
-    let mut sink = Vec::new();
-    let s = partwarden::bootstrap::run(
-        &config,
-        partwarden::bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .unwrap();
-    assert!(s.ok());
+    db.bootstrap(&config).await;
     let c = db.client().await;
     let t0 = DateTime::from_timestamp(Utc::now().timestamp() - 600, 0).unwrap();
     let fresh = generate(markets, t0, 0.0, 1);

@@ -39,17 +39,7 @@ async fn main() {
     let stop = AtomicBool::new(false);
     let mut sink = Vec::new();
     // The migrations, as bootstrap would run them (the tables are the application's).
-    let s = partwarden::bootstrap::run(
-        &config,
-        partwarden::bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .unwrap();
-    assert!(s.ok(), "{}", s.to_text());
+    db.bootstrap(&config).await;
 
     println!(
         "partwarden scale benchmark: {TABLES} tables, monthly partitions (keep forever), 2 cores"

@@ -37,18 +37,7 @@ async fn main() {
     );
     std::fs::write(&path, text).unwrap();
     let config = partwarden::config::Config::load(&path).unwrap();
-    let mut sink = Vec::new();
-    let s = partwarden::bootstrap::run(
-        &config,
-        partwarden::bootstrap::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &mut sink,
-    )
-    .await
-    .unwrap();
-    assert!(s.ok());
+    db.bootstrap(&config).await;
     let c = db.client().await;
     // Twenty expired months with rows, for the daemon to archive during the soak.
     for back in 8..28u32 {

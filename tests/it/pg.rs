@@ -382,6 +382,18 @@ impl TestDb {
         Config::load(&path).expect("test config loads")
     }
 
+    /// Runs partwarden's bootstrap (the library call) with `config`, for benchmarks' set-up.
+    pub async fn bootstrap(&self, config: &Config) {
+        let opts = partwarden::bootstrap::Options {
+            dry_run: false,
+            now: chrono::Utc::now(),
+        };
+        let summary = partwarden::bootstrap::run(config, opts, &mut std::io::sink())
+            .await
+            .expect("bootstrap");
+        assert!(summary.ok(), "{}", summary.to_text());
+    }
+
     pub fn config_with(&self, database_extra: &str, rest: &str) -> Config {
         let path = self.write_config(database_extra, rest);
         Config::load(&path).expect("test config loads")

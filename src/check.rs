@@ -381,7 +381,7 @@ async fn table_checks(
             )];
         }
     };
-    if let Err(why) = premake::check_managable(table, &snap) {
+    if let Err(why) = premake::check_manageable(table, &snap) {
         return vec![check("runway", t, Status::Critical, why, json!({}))];
     }
     let mut out = vec![runway(table, &snap, now), coverage(table, &snap)];

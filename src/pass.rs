@@ -329,12 +329,12 @@ pub async fn run(
         out,
     };
     // Phase 1: partitions ahead, for every table, before any expiry can take time.
-    let mut managable = vec![false; config.tables.len()];
+    let mut manageable = vec![false; config.tables.len()];
     for (i, table) in config.tables.iter().enumerate() {
         let tr = &mut report.tables[i];
         match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
             Ok(snap) => {
-                managable[i] = premake_table(client, &mut ctx, table, &snap, tr).await;
+                manageable[i] = premake_table(client, &mut ctx, table, &snap, tr).await;
             }
             Err(e) => tr
                 .errors
@@ -343,13 +343,13 @@ pub async fn run(
     }
     // Phase 2: index repairs.
     for (i, table) in config.tables.iter().enumerate() {
-        if managable[i] {
+        if manageable[i] {
             repair_indexes(client, &mut ctx, table, &mut report.tables[i]).await;
         }
     }
     // Phase 3: expiries.
     for (i, table) in config.tables.iter().enumerate() {
-        if managable[i] {
+        if manageable[i] {
             expire_table(client, &mut ctx, table, &mut report.tables[i]).await;
         }
     }

@@ -28,7 +28,7 @@ const MAX_PERIODS: usize = 5000;
 
 /// Checks that the snapshot is a table partwarden can manage as configured. Returns a one-line
 /// reason otherwise.
-pub fn check_managable(table: &TableConfig, snap: &TableSnapshot) -> Result<(), String> {
+pub fn check_manageable(table: &TableConfig, snap: &TableSnapshot) -> Result<(), String> {
     if !snap.exists {
         return Err(format!(
             "table {} does not exist (run partwarden --bootstrap)",
@@ -74,7 +74,7 @@ pub fn plan(
     snap: &TableSnapshot,
     now: DateTime<Utc>,
 ) -> Result<Vec<Create>, String> {
-    check_managable(table, snap)?;
+    check_manageable(table, snap)?;
     let interval = table.interval;
     let current = Period::containing(interval, now);
     let earliest = snap

@@ -112,17 +112,7 @@ async fn main() {
         .await
         .expect("reader ended before the pass did");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let during: Vec<Duration> = samples
-        .lock()
-        .await
-        .iter()
-        .filter(|(at, _)| *at >= t0 && *at <= t0 + pass_took)
-        .map(|(_, l)| *l)
-        .collect();
+    let during = stop_writers(writers, &stop, &samples, t0, t0 + pass_took).await;
     let (max, p99) = stats(&during);
     let t = &report.tables[0];
     println!("pass: {}", t.summary_line(false));
@@ -181,17 +171,14 @@ async fn main() {
         .unwrap();
     let took = t0.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let during: Vec<Duration> = samples
-        .lock()
-        .await
-        .iter()
-        .filter(|(at, _)| *at >= t0 && *at <= t0 + took + Duration::from_millis(100))
-        .map(|(_, l)| *l)
-        .collect();
+    let during = stop_writers(
+        writers,
+        &stop,
+        &samples,
+        t0,
+        t0 + took + Duration::from_millis(100),
+    )
+    .await;
     let (max, p99) = stats(&during);
     println!("CREATE ... PARTITION OF took       {:>8.1} ms", ms(took));
     println!("writer max latency                 {:>8.1} ms", ms(max));
@@ -231,6 +218,27 @@ async fn start_writers(
         }));
     }
     (handles, stop, samples)
+}
+
+/// Stops the writers and returns the latencies of the inserts that started in `[from, to]`.
+async fn stop_writers(
+    writers: Vec<tokio::task::JoinHandle<()>>,
+    stop: &AtomicBool,
+    samples: &Samples,
+    from: Instant,
+    to: Instant,
+) -> Vec<Duration> {
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    samples
+        .lock()
+        .await
+        .iter()
+        .filter(|(at, _)| *at >= from && *at <= to)
+        .map(|(_, l)| *l)
+        .collect()
 }
 
 /// Opens a transaction that reads the history table and keeps it open for `hold`; the

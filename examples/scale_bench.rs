@@ -36,8 +36,6 @@ async fn main() {
     }
     let config = db.config_with("", &tables);
     let mut client = partwarden::db::connect(&config.database).await.unwrap();
-    let stop = AtomicBool::new(false);
-    let mut sink = Vec::new();
     // The migrations, as bootstrap would run them (the tables are the application's).
     db.bootstrap(&config).await;
 
@@ -58,42 +56,15 @@ async fn main() {
             .await
             .unwrap();
         }
-        let t0 = Instant::now();
-        let r = pass::run(
-            &mut client,
-            &config,
-            pass::Options {
-                dry_run: false,
-                now: Utc::now(),
-            },
-            &stop,
-            &mut sink,
-        )
-        .await;
-        assert!(r.ok(), "{}", r.to_text());
-        let created: usize = r.tables.iter().map(|t| t.created.len()).sum();
+        let (setup, created) = timed_pass(&mut client, &config).await;
         println!(
             "\n== {per_table} partitions per table ({} in all; set up by a pass creating {created} in {:.1} s)",
             per_table as usize * TABLES,
-            t0.elapsed().as_secs_f64()
+            setup.as_secs_f64()
         );
+        let (noop, created) = timed_pass(&mut client, &config).await;
+        assert_eq!(created, 0);
         // One partition per table to create: drop the last premade one of each.
-        let noop = time(|| async {
-            let r = pass::run(
-                &mut client,
-                &config,
-                pass::Options {
-                    dry_run: false,
-                    now: Utc::now(),
-                },
-                &stop,
-                &mut sink,
-            )
-            .await;
-            assert!(r.ok());
-            assert_eq!(r.tables.iter().map(|t| t.created.len()).sum::<usize>(), 0);
-        })
-        .await;
         let last = Interval::Monthly.floor(Utc::now()) + Months::new(3);
         for t in 0..TABLES {
             c.batch_execute(&format!(
@@ -103,25 +74,8 @@ async fn main() {
             .await
             .unwrap();
         }
-        let one_each = time(|| async {
-            let r = pass::run(
-                &mut client,
-                &config,
-                pass::Options {
-                    dry_run: false,
-                    now: Utc::now(),
-                },
-                &stop,
-                &mut sink,
-            )
-            .await;
-            assert!(r.ok());
-            assert_eq!(
-                r.tables.iter().map(|t| t.created.len()).sum::<usize>(),
-                TABLES
-            );
-        })
-        .await;
+        let (one_each, created) = timed_pass(&mut client, &config).await;
+        assert_eq!(created, TABLES);
         let check_t = time(|| async {
             let report = check::run(&config, Utc::now()).await;
             assert!(
@@ -158,6 +112,28 @@ async fn main() {
         }
         previous = Some(now);
     }
+}
+
+/// Runs one pass; returns how long it took and how many partitions it created.
+async fn timed_pass(
+    client: &mut tokio_postgres::Client,
+    config: &partwarden::config::Config,
+) -> (Duration, usize) {
+    let t = Instant::now();
+    let opts = pass::Options {
+        dry_run: false,
+        now: Utc::now(),
+    };
+    let r = pass::run(
+        client,
+        config,
+        opts,
+        &AtomicBool::new(false),
+        &mut std::io::sink(),
+    )
+    .await;
+    assert!(r.ok(), "{}", r.to_text());
+    (t.elapsed(), r.tables.iter().map(|t| t.created.len()).sum())
 }
 
 async fn time<F, Fut>(f: F) -> Duration

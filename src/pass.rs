@@ -905,13 +905,7 @@ impl Expiring<'_> {
                     .await
                     .map_err(|e| error_text(&e))?;
                 let result = archive::write(client, &src, &paths).await;
-                let outcome = match &result {
-                    Ok(m) => archive_outcome(&paths.data, m),
-                    Err(e) => ledger::Outcome {
-                        error: Some(e.to_string()),
-                        ..Default::default()
-                    },
-                };
+                let outcome = result_outcome(&paths.data, &result);
                 ledger::finish(&*client, id, &outcome)
                     .await
                     .map_err(|e| error_text(&e))?;
@@ -925,13 +919,7 @@ impl Expiring<'_> {
                     .await
                     .map_err(|e| error_text(&e))?;
                 let result = archive::verify(&*client, &paths, &self.task.partition).await;
-                let outcome = match &result {
-                    Ok(m) => archive_outcome(&paths.data, m),
-                    Err(e) => ledger::Outcome {
-                        error: Some(e.to_string()),
-                        ..Default::default()
-                    },
-                };
+                let outcome = result_outcome(&paths.data, &result);
                 ledger::finish(&*client, id, &outcome)
                     .await
                     .map_err(|e| error_text(&e))?;
@@ -1030,6 +1018,20 @@ impl Expiring<'_> {
         checked.0?;
         tracing::info!(partition = %self.task.partition, "dropped");
         Ok(())
+    }
+}
+
+/// The ledger outcome of an archive write or verification.
+fn result_outcome(
+    data: &Path,
+    result: &Result<Manifest, archive::ArchiveError>,
+) -> ledger::Outcome {
+    match result {
+        Ok(m) => archive_outcome(data, m),
+        Err(e) => ledger::Outcome {
+            error: Some(e.to_string()),
+            ..Default::default()
+        },
     }
 }
 

@@ -232,12 +232,16 @@ pub async fn indexes(
         )
         .await?
         .iter()
-        .map(|r| Index {
-            name: r.get(0),
-            unique: r.get(1),
-            primary: r.get(2),
-            definition: r.get(3),
-            valid: r.get(4),
+        // An index dropped while this runs is still in this query's snapshot, but
+        // pg_get_indexdef no longer finds it and returns NULL: it is gone, so it is not listed.
+        .filter_map(|r| {
+            Some(Index {
+                name: r.get(0),
+                unique: r.get(1),
+                primary: r.get(2),
+                definition: r.get::<_, Option<String>>(3)?,
+                valid: r.get(4),
+            })
         })
         .collect())
 }
@@ -249,7 +253,8 @@ pub async fn partitions(
 ) -> Result<Vec<Partition>, tokio_postgres::Error> {
     // The server prints a range bound as FROM ('lit') TO ('lit') or with MINVALUE / MAXVALUE;
     // the literal is cast back by the server, in this UTC session, so no date parsing happens
-    // on our side.
+    // on our side. A partition dropped while this runs is still in the query's snapshot of
+    // pg_inherits, but pg_get_expr no longer finds it and returns NULL: it is not listed.
     let rows = client
         .query(
             "WITH p AS ( \
@@ -261,6 +266,7 @@ pub async fn partitions(
                WHERE i.inhparent = to_regclass($1) \
              ), m AS ( \
                SELECT p.*, regexp_match(bound, '^FOR VALUES FROM \\((.*)\\) TO \\((.*)\\)$') AS b FROM p \
+               WHERE bound IS NOT NULL \
              ) \
              SELECT schema, name, bound, pending, bound = 'DEFAULT', \
                     CASE WHEN b IS NULL OR b[1] = 'MINVALUE' THEN NULL \

@@ -85,12 +85,16 @@ pub async fn snapshot(
         )
         .await?
         .iter()
-        .map(|r| ParentIndex {
-            name: r.get(0),
-            valid: r.get(1),
-            unique: r.get(2),
-            constraint: r.get(3),
-            definition: r.get(4),
+        // An index dropped while this runs is still in the query's snapshot, but
+        // pg_get_indexdef no longer finds it and returns NULL: it is gone, so it is not listed.
+        .filter_map(|r| {
+            Some(ParentIndex {
+                name: r.get(0),
+                valid: r.get(1),
+                unique: r.get(2),
+                constraint: r.get(3),
+                definition: r.get::<_, Option<String>>(4)?,
+            })
         })
         .collect();
     let rows = client
@@ -107,6 +111,7 @@ pub async fn snapshot(
              LEFT JOIN pg_index x ON x.indrelid = pc.oid \
              LEFT JOIN pg_class ci ON ci.oid = x.indexrelid \
              WHERE t.inhparent = to_regclass($1) AND NOT t.inhdetachpending AND pc.relkind = 'r' \
+               AND pg_get_expr(pc.relpartbound, pc.oid) IS NOT NULL \
              ORDER BY 2, 3",
             &[&table.quoted()],
         )
@@ -126,6 +131,9 @@ pub async fn snapshot(
         let Some(name) = r.get::<_, Option<String>>(2) else {
             continue; // a partition without any index
         };
+        let Some(definition) = r.get::<_, Option<String>>(8) else {
+            continue; // dropped while this runs (as above; a dropped partition is filtered out)
+        };
         partitions
             .last_mut()
             .expect("pushed")
@@ -137,7 +145,7 @@ pub async fn snapshot(
                 ready: r.get(5),
                 live: r.get(6),
                 unique: r.get(7),
-                definition: r.get(8),
+                definition,
                 building: r.get(9),
             });
     }

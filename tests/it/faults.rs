@@ -445,3 +445,61 @@ async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
         "an insert waited {worst:?} (of {n})"
     );
 }
+
+/// A partition or index dropped by someone else while partwarden reads the catalog is still in
+/// the reading query's snapshot, but the server's pg_get_expr / pg_get_indexdef no longer find
+/// it and return NULL. A REPEATABLE READ transaction holds such a snapshot open so the race is
+/// hit every time: the reads must list what is left, not fail (the daemon once panicked here).
+#[tokio::test]
+async fn catalog_reads_survive_objects_dropped_concurrently() {
+    let db = TestDb::new("concurrent_drop").await;
+    let config = db.write_config("", "");
+    assert_eq!(
+        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
+        0
+    );
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE INDEX extra_parent_idx ON market_odds_history (bookmaker_slug);
+         CREATE INDEX extra_current_idx ON market_odds_current (bookmaker_slug)",
+    )
+    .await
+    .unwrap();
+    let table = RelName {
+        schema: "public".into(),
+        name: "market_odds_history".into(),
+    };
+    let current = RelName {
+        schema: "public".into(),
+        name: "market_odds_current".into(),
+    };
+    let mut reader = db.client().await;
+    let before = partwarden::catalog::snapshot(&c, &table).await.unwrap();
+    let gone = name(0);
+    assert!(before.partitions.iter().any(|p| p.name.name == gone));
+
+    let tx = reader
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await
+        .unwrap();
+    tx.batch_execute("SELECT 1").await.unwrap(); // takes the snapshot
+    c.batch_execute(&format!(
+        "DROP TABLE {gone}; DROP INDEX extra_parent_idx; DROP INDEX extra_current_idx"
+    ))
+    .await
+    .unwrap();
+
+    let snap = partwarden::catalog::snapshot(&tx, &table).await.unwrap();
+    assert_eq!(snap.partitions.len(), before.partitions.len() - 1);
+    assert!(!snap.partitions.iter().any(|p| p.name.name == gone));
+    assert!(!snap.indexes.iter().any(|i| i.name == "extra_parent_idx"));
+    let cur = partwarden::catalog::snapshot(&tx, &current).await.unwrap();
+    assert!(!cur.indexes.iter().any(|i| i.name == "extra_current_idx"));
+    let idx = partwarden::indexes::snapshot(&tx, &table).await.unwrap();
+    assert!(!idx.parent.iter().any(|i| i.name == "extra_parent_idx"));
+    assert!(!idx.partitions.iter().any(|p| p.partition.name == gone));
+    assert!(idx.partitions.iter().all(|p| !p.indexes.is_empty()));
+    tx.rollback().await.unwrap();
+}

@@ -48,6 +48,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0003_write_odds.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 4,
+        name: "current_fillfactor",
+        sql: include_str!("../schema/0004_current_fillfactor.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").

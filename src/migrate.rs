@@ -54,6 +54,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0004_current_fillfactor.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 5,
+        name: "change_detection",
+        sql: include_str!("../schema/0005_change_detection.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").

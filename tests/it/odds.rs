@@ -475,3 +475,127 @@ async fn a_rescrape_updates_markets_in_place() {
     assert_eq!(s.changed, 3000);
     assert_eq!(pages(&c).await, before, "every row stayed on its page");
 }
+
+/// What counts as a change: the (name, odds, is_active) selections as a multiset. Each case is
+/// a market written twice; the second write must count as changed or unchanged as listed.
+#[tokio::test]
+async fn what_counts_as_a_change() {
+    let db = bootstrapped("odds_change").await;
+    let c = db.client().await;
+    let sel =
+        |n: &str, o: serde_json::Value, a: bool| json!({"name": n, "odds": o, "is_active": a});
+    let cases: Vec<(&str, serde_json::Value, serde_json::Value, bool)> = vec![
+        (
+            "identical",
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            false,
+        ),
+        (
+            "reordered",
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            json!([sel("2", json!(2.5), true), sel("1", json!(1.5), true)]),
+            false,
+        ),
+        (
+            "odds spelled 1.50",
+            json!([sel("1", json!(1.5), true)]),
+            json!([sel(
+                "1",
+                serde_json::from_str::<serde_json::Value>("1.50").unwrap(),
+                true
+            )]),
+            false,
+        ),
+        (
+            "other keys differ",
+            json!([{"name": "1", "odds": 1.5, "is_active": true, "id": 7}]),
+            json!([{"name": "1", "odds": 1.5, "is_active": true, "id": 8}]),
+            false,
+        ),
+        (
+            "missing and null odds",
+            json!([{"name": "1", "is_active": false}, sel("2", json!(2.5), true)]),
+            json!([sel("2", json!(2.5), true), {"name": "1", "odds": null, "is_active": false}]),
+            false,
+        ),
+        (
+            "odds changed",
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            json!([sel("1", json!(1.55), true), sel("2", json!(2.5), true)]),
+            true,
+        ),
+        (
+            "is_active flipped",
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            json!([sel("1", json!(1.5), false), sel("2", json!(2.5), true)]),
+            true,
+        ),
+        (
+            "odds swapped between names",
+            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            json!([sel("1", json!(2.5), true), sel("2", json!(1.5), true)]),
+            true,
+        ),
+        (
+            "selection added",
+            json!([sel("1", json!(1.5), true)]),
+            json!([sel("1", json!(1.5), true), sel("2", json!(1.5), true)]),
+            true,
+        ),
+        (
+            "same set, other multiset",
+            json!([
+                sel("1", json!(1.5), true),
+                sel("1", json!(1.5), true),
+                sel("2", json!(2.5), true)
+            ]),
+            json!([
+                sel("1", json!(1.5), true),
+                sel("2", json!(2.5), true),
+                sel("2", json!(2.5), true)
+            ]),
+            true,
+        ),
+        (
+            "odds as a string",
+            json!([sel("1", json!(1.5), true)]),
+            json!([sel("1", json!("1.5"), true)]),
+            true,
+        ),
+        (
+            "no odds at all, name changed",
+            json!([{"name": "1"}]),
+            json!([{"name": "2"}]),
+            true,
+        ),
+    ];
+    let t1 = now() - Duration::minutes(10);
+    let t2 = now() - Duration::minutes(5);
+    let batch = |at: DateTime<Utc>, second: bool| -> Vec<MarketOdds> {
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, (_, a, b, _))| {
+                let mut m = market(i as i32, "m", None, &[], at);
+                m.outcomes = if second { b.clone() } else { a.clone() };
+                m
+            })
+            .collect()
+    };
+    write_batch(&c, &batch(t1, false)).await.unwrap();
+    let s = write_batch(&c, &batch(t2, true)).await.unwrap();
+    let rows = c
+        .query(
+            "SELECT event_id, last_updated_at = last_confirmed_at FROM market_odds_current ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    for (r, (name, _, _, changed)) in rows.iter().zip(&cases) {
+        assert_eq!(r.get::<_, bool>(1), *changed, "{name}");
+    }
+    let expected = cases.iter().filter(|c| c.3).count() as u64;
+    assert_eq!((s.changed, s.history_rows), (expected, expected));
+    assert_eq!(s.unchanged, cases.len() as u64 - expected);
+}

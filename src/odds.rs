@@ -4,7 +4,7 @@
 //! scrape of each key when a batch repeats one (the later row of the batch when the instants
 //! tie), sorts the batch by key, and sends one statement with typed array parameters (no SQL is
 //! built from values): a call of `partwarden.write_odds`, which migration `0003_write_odds`
-//! creates. On the server, in one pass over the batch in key order (so concurrent writers with
+//! creates and `0005_change_detection` makes cheaper. On the server, in one pass over the batch in key order (so concurrent writers with
 //! overlapping keys take their row locks in one global order and never deadlock):
 //!
 //! 1. `market_odds_current` is upserted on its conflict target, the unique index
@@ -293,7 +293,8 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// The statement [`write_batch`] sends: the function of `schema/0003_write_odds.sql`.
+/// The statement [`write_batch`] sends: the function of `schema/0003_write_odds.sql`, as
+/// `schema/0005_change_detection.sql` replaced it.
 pub const WRITE_SQL: &str =
     "SELECT * FROM partwarden.write_odds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 

@@ -1,6 +1,6 @@
 //! Configuration: a serde mirror of `config.toml`, then validation into typed values.
 //!
-//! Two phases, as in ripgrep's argument handling: [`RawConfig`] is what the file (and the
+//! Two phases, as in ripgrep's argument handling: `RawConfig` is what the file (and the
 //! `PARTWARDEN__*` environment overrides) literally say, with unknown keys refused; [`Config`]
 //! is what the rest of the program uses: durations, quoted-safe identifiers, a parsed schedule.
 //! Every error names the file, the key and what was expected, in one line, so that a bad deploy

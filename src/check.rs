@@ -604,13 +604,23 @@ async fn probe_routing(
             json!({"skipped": true}),
         ));
     }
-    let can_insert: bool = client
+    // NULL when the table was dropped since the snapshot was read.
+    let can_insert: Option<bool> = client
         .query_one(
             "SELECT has_table_privilege(to_regclass($1), 'INSERT')",
             &[&rel.quoted()],
         )
         .await?
         .get(0);
+    let Some(can_insert) = can_insert else {
+        return Ok(check(
+            "routing",
+            Some(&t),
+            Status::Unknown,
+            format!("skipped: {t} was dropped while the check ran"),
+            json!({"skipped": true}),
+        ));
+    };
     if !can_insert {
         return Ok(check(
             "routing",

@@ -7,7 +7,7 @@ use partwarden::migrate::MIGRATIONS;
 use partwarden::period::{Interval, Period};
 use partwarden::shape;
 
-use crate::support::{TestDb, catalog_dump, partwarden, path_str};
+use crate::support::{TestDb, bootstrap_cli, catalog_dump, partwarden, path_str};
 
 fn ids(ms: &[partwarden::migrate::Migration]) -> String {
     ms.iter().map(|m| m.id()).collect::<Vec<_>>().join(", ")
@@ -345,10 +345,7 @@ async fn refuses_a_table_of_another_shape_and_changes_nothing() {
 async fn refuses_an_edited_migration() {
     let db = TestDb::new("edited").await;
     let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     // What an edited 0001 file looks like from the database's side: the checksums differ.
     c.execute(

@@ -104,19 +104,10 @@ impl Drop for Daemon {
     }
 }
 
-async fn exists(db: &TestDb, rel: &str) -> bool {
-    db.client()
-        .await
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn wait_exists(db: &TestDb, rel: &str, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if exists(db, rel).await {
+        if db.exists(rel).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

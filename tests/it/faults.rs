@@ -12,7 +12,7 @@ use partwarden::catalog::RelName;
 use partwarden::period::Interval;
 use sha2::{Digest, Sha256};
 
-use crate::support::{TestDb, partwarden, path_str};
+use crate::support::{TestDb, bootstrap_cli, bootstrapped, partwarden, path_str};
 
 const ROWS: i64 = 3000;
 
@@ -118,10 +118,7 @@ async fn kill_9_at_fifty_random_instants_loses_nothing() {
         "archive_dir = \"archive\"\nmax_expired_per_pass = 2\n",
     );
     std::fs::write(&config, text).unwrap();
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     let mut expected: BTreeMap<String, String> = BTreeMap::new();
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
@@ -221,10 +218,7 @@ async fn kill_9_at_fifty_random_instants_loses_nothing() {
 async fn a_backend_terminated_during_detach_concurrently_is_finalized_next_pass() {
     let db = TestDb::new("terminate").await;
     let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     let hash = old_partition(&c, 8).await;
     // A reader keeps DETACH CONCURRENTLY waiting.
@@ -283,10 +277,7 @@ async fn a_backend_terminated_during_detach_concurrently_is_finalized_next_pass(
 async fn a_full_archive_directory_keeps_the_table_and_check_goes_critical() {
     let db = TestDb::new("disk_full").await;
     let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     let hash = old_partition(&c, 8).await;
     // A 4 KiB file-size limit, with SIGXFSZ ignored so that writes fail with EFBIG instead of
@@ -346,10 +337,7 @@ async fn a_postgres_restart_during_a_pass_loses_nothing() {
     let server = crate::support::private_server();
     let db = TestDb::on(&server, "restart").await;
     let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     let mut expected = BTreeMap::new();
     for back in [8, 9, 10] {
@@ -390,10 +378,7 @@ async fn a_postgres_restart_during_a_pass_loses_nothing() {
 async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
     let db = TestDb::new("long_reader").await;
     let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    bootstrap_cli(&config);
     let c = db.client().await;
     old_partition(&c, 8).await;
     // The pass has one partition to create and one to expire.
@@ -452,12 +437,7 @@ async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
 /// hit every time: the reads must list what is left, not fail (the daemon once panicked here).
 #[tokio::test]
 async fn catalog_reads_survive_objects_dropped_concurrently() {
-    let db = TestDb::new("concurrent_drop").await;
-    let config = db.write_config("", "");
-    assert_eq!(
-        partwarden(&["--config", path_str(&config), "--bootstrap"], &[]).0,
-        0
-    );
+    let db = bootstrapped("concurrent_drop").await;
     let c = db.client().await;
     c.batch_execute(
         "CREATE INDEX extra_parent_idx ON market_odds_history (bookmaker_slug);

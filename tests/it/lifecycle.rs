@@ -66,15 +66,6 @@ async fn rows_hash(db: &TestDb, rel: &str) -> (i64, String) {
     (r.get(0), r.get(1))
 }
 
-async fn exists(db: &TestDb, rel: &str) -> bool {
-    db.client()
-        .await
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
-        .await
-        .unwrap()
-        .get(0)
-}
-
 async fn ledger(db: &TestDb, partition: &str) -> Vec<String> {
     db.client()
         .await
@@ -135,8 +126,8 @@ async fn expiry_archives_verifies_and_drops() {
         "{out}"
     );
     assert!(out.contains("archived"), "{out}");
-    assert!(!exists(&db, &month_name(8)).await && !exists(&db, &month_name(7)).await);
-    assert!(exists(&db, &month_name(2)).await);
+    assert!(!db.exists(&month_name(8)).await && !db.exists(&month_name(7)).await);
+    assert!(db.exists(&month_name(2)).await);
     assert_eq!(
         ledger(&db, &month_name(8)).await,
         ["detach", "archive", "verify", "drop"]
@@ -262,7 +253,7 @@ async fn a_crash_at_every_step_is_finished_by_the_next_pass() {
             out.contains(&format!("expired 1 (public.{})", month_name(8))),
             "{point}: {out}"
         );
-        assert!(!exists(&db, &month_name(8)).await, "{point}");
+        assert!(!db.exists(&month_name(8)).await, "{point}");
         let steps = ledger(&db, &month_name(8)).await;
         assert_eq!(
             steps.last().map(String::as_str),
@@ -385,7 +376,7 @@ async fn an_unusable_archive_directory_keeps_the_table() {
     std::fs::remove_file(&blocker).unwrap();
     let (code, out, err) = run_once(&config, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(!exists(&db, &month_name(8)).await);
+    assert!(!db.exists(&month_name(8)).await);
     let m = archive::read_manifest(&manifest_path(&db, 8)).unwrap();
     assert_eq!(m.rows as i64, before.0);
 }
@@ -403,7 +394,7 @@ async fn a_failing_archive_command_keeps_the_table_until_it_succeeds() {
     let (code, out, _) = run_once(&config, &[]);
     assert_eq!(code, 1);
     assert!(out.contains("archive_command failed"), "{out}");
-    assert!(exists(&db, &month_name(8)).await);
+    assert!(db.exists(&month_name(8)).await);
     let shipped = db.dir.path().join("shipped");
     std::fs::create_dir_all(&shipped).unwrap();
     let working = text.replace(
@@ -416,7 +407,7 @@ async fn a_failing_archive_command_keeps_the_table_until_it_succeeds() {
     std::fs::write(&config, &working).unwrap();
     let (code, out, err) = run_once(&config, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(!exists(&db, &month_name(8)).await);
+    assert!(!db.exists(&month_name(8)).await);
     assert_eq!(
         files_in(&shipped),
         [
@@ -450,9 +441,12 @@ async fn on_expiry_detach_and_drop() {
     .unwrap();
     let (code, out, err) = run_once(&config, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(exists(&db, &format!("partwarden_archive.{}", month_name(9))).await);
     assert!(
-        exists(&db, &month_name(8)).await,
+        db.exists(&format!("partwarden_archive.{}", month_name(9)))
+            .await
+    );
+    assert!(
+        db.exists(&month_name(8)).await,
         "8 months is not past an 8 months retention yet"
     );
     assert_eq!(ledger(&db, &month_name(9)).await, ["detach", "move"]);
@@ -464,7 +458,7 @@ async fn on_expiry_detach_and_drop() {
     .unwrap();
     let (code, out, err) = run_once(&config, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(!exists(&db, &month_name(8)).await);
+    assert!(!db.exists(&month_name(8)).await);
     assert_eq!(ledger(&db, &month_name(8)).await, ["detach", "drop"]);
     assert!(files_in(&archive_dir(&db)).is_empty());
 }
@@ -483,7 +477,7 @@ async fn a_table_with_a_default_partition_expires_with_plain_detach() {
     .unwrap();
     let (code, out, err) = run_once(&config, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(!exists(&db, &month_name(8)).await);
+    assert!(!db.exists(&month_name(8)).await);
     assert_eq!(
         ledger(&db, &month_name(8)).await,
         ["detach", "archive", "verify", "drop"]

@@ -6,15 +6,7 @@ use partwarden::odds::{
 };
 use serde_json::json;
 
-use crate::support::{TestDb, partwarden, path_str};
-
-async fn bootstrapped(name: &str) -> TestDb {
-    let db = TestDb::new(name).await;
-    let config = db.write_config("", "");
-    let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
-    assert_eq!(code, 0, "{out}{err}");
-    db
-}
+use crate::support::bootstrapped;
 
 fn market(
     event: i32,
@@ -484,16 +476,13 @@ async fn what_counts_as_a_change() {
     let c = db.client().await;
     let sel =
         |n: &str, o: serde_json::Value, a: bool| json!({"name": n, "odds": o, "is_active": a});
+    // Two active selections, the first side of most cases.
+    let two = json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]);
     let cases: Vec<(&str, serde_json::Value, serde_json::Value, bool)> = vec![
-        (
-            "identical",
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
-            false,
-        ),
+        ("identical", two.clone(), two.clone(), false),
         (
             "reordered",
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            two.clone(),
             json!([sel("2", json!(2.5), true), sel("1", json!(1.5), true)]),
             false,
         ),
@@ -521,19 +510,19 @@ async fn what_counts_as_a_change() {
         ),
         (
             "odds changed",
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            two.clone(),
             json!([sel("1", json!(1.55), true), sel("2", json!(2.5), true)]),
             true,
         ),
         (
             "is_active flipped",
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            two.clone(),
             json!([sel("1", json!(1.5), false), sel("2", json!(2.5), true)]),
             true,
         ),
         (
             "odds swapped between names",
-            json!([sel("1", json!(1.5), true), sel("2", json!(2.5), true)]),
+            two.clone(),
             json!([sel("1", json!(2.5), true), sel("2", json!(1.5), true)]),
             true,
         ),

@@ -360,6 +360,16 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// Whether the relation `rel` (a name as `to_regclass` takes it) exists.
+    pub async fn exists(&self, rel: &str) -> bool {
+        self.client()
+            .await
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// Writes `config.toml` for this database, with `extra` appended (more sections, or
     /// `[[tables]]` entries), and returns its path.
     pub fn write_config(&self, database_extra: &str, rest: &str) -> PathBuf {

@@ -27,3 +27,16 @@ pub fn partwarden(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Runs `partwarden --bootstrap` with `config`, asserting that it succeeds.
+pub fn bootstrap_cli(config: &Path) {
+    let (code, out, err) = partwarden(&["--config", path_str(config), "--bootstrap"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A new database with the default test configuration, bootstrapped by the real binary.
+pub async fn bootstrapped(test: &str) -> TestDb {
+    let db = TestDb::new(test).await;
+    bootstrap_cli(&db.write_config("", ""));
+    db
+}

@@ -108,6 +108,20 @@ fn run_once(config: &Path, env: &[(&str, &str)]) -> (i32, String, String) {
     partwarden(&["--config", path_str(config), "--run-once"], env)
 }
 
+/// `--restore` of the archive of the partition `back` months ago.
+fn restore(config: &Path, db: &TestDb, back: u32) -> (i32, String, String) {
+    let manifest = manifest_path(db, back);
+    partwarden(
+        &[
+            "--config",
+            path_str(config),
+            "--restore",
+            path_str(&manifest),
+        ],
+        &[],
+    )
+}
+
 #[tokio::test]
 async fn expiry_archives_verifies_and_drops() {
     let db = TestDb::new("expiry_archive").await;
@@ -168,15 +182,7 @@ async fn expiry_archives_verifies_and_drops() {
     assert!(out.contains("created 0, expired 0"), "{out}");
 
     // Restore: identical row for row, attached back where it was.
-    let (code, out, err) = partwarden(
-        &[
-            "--config",
-            path_str(&config),
-            "--restore",
-            path_str(&manifest_path(&db, 8)),
-        ],
-        &[],
-    );
+    let (code, out, err) = restore(&config, &db, 8);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("attached to its table"), "{out}");
     assert_eq!(rows_hash(&db, &month_name(8)).await, before);
@@ -197,15 +203,7 @@ async fn expiry_archives_verifies_and_drops() {
     assert_eq!(routed, ROWS, "visible through the parent again");
 
     // Restoring again: the range is taken now, so it goes standalone to partwarden_archive.
-    let (code, out, err) = partwarden(
-        &[
-            "--config",
-            path_str(&config),
-            "--restore",
-            path_str(&manifest_path(&db, 8)),
-        ],
-        &[],
-    );
+    let (code, out, err) = restore(&config, &db, 8);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("partwarden_archive.{}", month_name(8)))
@@ -277,15 +275,7 @@ async fn a_crash_at_every_step_is_finished_by_the_next_pass() {
             files_in(&archive_dir(&db))
         );
         assert_eq!(files_in(&shipped).len(), 2, "{point}");
-        let (code, _, err) = partwarden(
-            &[
-                "--config",
-                path_str(&config),
-                "--restore",
-                path_str(&manifest_path(&db, 8)),
-            ],
-            &[],
-        );
+        let (code, _, err) = restore(&config, &db, 8);
         assert_eq!(code, 0, "{err}");
         assert_eq!(
             rows_hash(&db, &month_name(8)).await,

@@ -13,8 +13,8 @@ mod pg;
 use std::time::{Duration, Instant};
 
 use chrono::{Months, Utc};
+use partwarden::check;
 use partwarden::period::Interval;
-use partwarden::{check, pass};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
@@ -30,7 +30,6 @@ async fn main() {
         "[[tables]]\nname = \"public.market_odds_history\"\npremake = 3\n",
     );
     let config = partwarden::config::Config::load(&config_path).unwrap();
-    let mut sink = Vec::new();
     db.bootstrap(&config).await;
     let c = db.client().await;
     let first = Interval::Monthly.floor(Utc::now()) - Months::new(56);
@@ -43,17 +42,7 @@ async fn main() {
     .unwrap();
     // Fill the 55 months between with a pass (gap fill), then load the rows across all 60.
     let mut client = partwarden::db::connect(&config.database).await.unwrap();
-    let r = pass::run(
-        &mut client,
-        &config,
-        pass::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &std::sync::atomic::AtomicBool::new(false),
-        &mut sink,
-    )
-    .await;
+    let r = pg::run_pass(&mut client, &config).await;
     assert!(r.ok(), "{}", r.to_text());
     let parts: i64 = c
         .query_one(

@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{Months, Utc};
+use partwarden::db;
 use partwarden::period::Interval;
-use partwarden::{db, pass};
 use tokio::sync::Mutex;
 
 const WRITERS: usize = 2;
@@ -34,7 +34,6 @@ async fn main() {
         .unwrap_or(20);
     let db = pg::TestDb::new("bench_lifecycle").await;
     let base = db.config_with("", "[[tables]]\nname = \"public.market_odds_history\"\npremake = 3\nretention = \"6 months\"\n");
-    let mut sink = Vec::new();
     db.bootstrap(&base).await;
     let setup = db.client().await;
     let old = Interval::Monthly.floor(Utc::now()) - Months::new(8);
@@ -94,17 +93,7 @@ async fn main() {
         })
     };
     let mut client = db::connect(&config.database).await.unwrap();
-    let report = pass::run(
-        &mut client,
-        &config,
-        pass::Options {
-            dry_run: false,
-            now: Utc::now(),
-        },
-        &std::sync::atomic::AtomicBool::new(false),
-        &mut sink,
-    )
-    .await;
+    let report = pg::run_pass(&mut client, &config).await;
     let pass_took = t0.elapsed();
     let usable_after = probe.await.unwrap();
     let reader_ended = reader_end

@@ -9,12 +9,11 @@
 #[path = "../tests/it/pg.rs"]
 mod pg;
 
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use chrono::{Months, Utc};
+use partwarden::check;
 use partwarden::period::Interval;
-use partwarden::{check, pass};
 
 const TABLES: usize = 50;
 
@@ -120,18 +119,7 @@ async fn timed_pass(
     config: &partwarden::config::Config,
 ) -> (Duration, usize) {
     let t = Instant::now();
-    let opts = pass::Options {
-        dry_run: false,
-        now: Utc::now(),
-    };
-    let r = pass::run(
-        client,
-        config,
-        opts,
-        &AtomicBool::new(false),
-        &mut std::io::sink(),
-    )
-    .await;
+    let r = pg::run_pass(client, config).await;
     assert!(r.ok(), "{}", r.to_text());
     (t.elapsed(), r.tables.iter().map(|t| t.created.len()).sum())
 }

@@ -410,6 +410,17 @@ impl TestDb {
     }
 }
 
+/// Runs one maintenance pass now (not a dry run, never stopped, its text output discarded),
+/// for benchmarks' set-up and timings.
+pub async fn run_pass(client: &mut Client, config: &Config) -> partwarden::pass::Report {
+    let opts = partwarden::pass::Options {
+        dry_run: false,
+        now: chrono::Utc::now(),
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    partwarden::pass::run(client, config, opts, &never, &mut std::io::sink()).await
+}
+
 /// Everything about the user-visible schema of a database, as one comparable text: relations,
 /// columns, constraints, indexes and partition bounds (all schemas but the system ones).
 pub async fn catalog_dump(client: &Client) -> String {

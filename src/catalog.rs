@@ -89,7 +89,7 @@ pub struct Column {
 }
 
 /// One index of a table.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Index {
     /// Index name.
     pub name: String,
@@ -97,6 +97,8 @@ pub struct Index {
     pub unique: bool,
     /// `indisprimary`.
     pub primary: bool,
+    /// The constraint it backs (primary key or unique), if any.
+    pub constraint: Option<String>,
     /// `pg_get_indexdef` from `USING` on: method, keys and predicate, without the table name,
     /// e.g. `USING btree (event_id)`.
     pub definition: String,
@@ -225,8 +227,11 @@ pub async fn indexes(
     Ok(client
         .query(
             "SELECT ic.relname::text, x.indisunique, x.indisprimary, \
-                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$'), x.indisvalid \
+                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$'), x.indisvalid, \
+                    c.conname::text \
              FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid \
+             LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
+                                     AND c.contype IN ('p', 'u', 'x') \
              WHERE x.indrelid = to_regclass($1) ORDER BY 1",
             &[&table.quoted()],
         )
@@ -241,6 +246,7 @@ pub async fn indexes(
                 primary: r.get(2),
                 definition: r.get::<_, Option<String>>(3)?,
                 valid: r.get(4),
+                constraint: r.get(5),
             })
         })
         .collect())

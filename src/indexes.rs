@@ -12,23 +12,8 @@
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
-use crate::catalog::RelName;
+use crate::catalog::{self, Index, RelName};
 use crate::ident::{MAX_IDENT_BYTES, quote_ident};
-
-/// An index of the partitioned parent.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ParentIndex {
-    /// Its name (in the parent's schema).
-    pub name: String,
-    /// `indisvalid`: false until every partition has its index attached.
-    pub valid: bool,
-    /// `indisunique`.
-    pub unique: bool,
-    /// The constraint it backs (primary key or unique), if any.
-    pub constraint: Option<String>,
-    /// `pg_get_indexdef` from `USING` on.
-    pub definition: String,
-}
 
 /// An index on a partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -64,7 +49,7 @@ pub struct PartitionIndexes {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct IndexSnapshot {
     /// The parent's indexes.
-    pub parent: Vec<ParentIndex>,
+    pub parent: Vec<Index>,
     /// Each attached partition (not pending detach) with its indexes.
     pub partitions: Vec<PartitionIndexes>,
 }
@@ -74,29 +59,7 @@ pub async fn snapshot(
     client: &impl GenericClient,
     table: &RelName,
 ) -> Result<IndexSnapshot, tokio_postgres::Error> {
-    let parent = client
-        .query(
-            "SELECT ci.relname::text, x.indisvalid, x.indisunique, c.conname::text, \
-                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$') \
-             FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid \
-             LEFT JOIN pg_constraint c ON c.conindid = x.indexrelid AND c.conrelid = x.indrelid \
-             WHERE x.indrelid = to_regclass($1) ORDER BY 1",
-            &[&table.quoted()],
-        )
-        .await?
-        .iter()
-        // An index dropped while this runs is still in the query's snapshot, but
-        // pg_get_indexdef no longer finds it and returns NULL: it is gone, so it is not listed.
-        .filter_map(|r| {
-            Some(ParentIndex {
-                name: r.get(0),
-                valid: r.get(1),
-                unique: r.get(2),
-                constraint: r.get(3),
-                definition: r.get::<_, Option<String>>(4)?,
-            })
-        })
-        .collect();
+    let parent = catalog::indexes(client, table).await?;
     let rows = client
         .query(
             "SELECT n.nspname::text, pc.relname::text, ci.relname::text, \
@@ -437,17 +400,19 @@ mod tests {
     fn plans_drop_of_leftovers_and_build_or_reuse_of_missing() {
         let snap = IndexSnapshot {
             parent: vec![
-                ParentIndex {
+                Index {
                     name: "idx_line".into(),
                     valid: false,
                     unique: false,
+                    primary: false,
                     constraint: None,
                     definition: "USING btree (line)".into(),
                 },
-                ParentIndex {
+                Index {
                     name: "pk".into(),
                     valid: true,
                     unique: true,
+                    primary: true,
                     constraint: Some("pk".into()),
                     definition: "USING btree (id, t)".into(),
                 },

@@ -139,7 +139,9 @@ async fn main() {
             key: "captured_at",
         };
         let t = Instant::now();
-        let m = archive::write(&mut client, &src, &paths).await.unwrap();
+        let m = archive::write(&mut client, &src, &paths, None)
+            .await
+            .unwrap();
         let write = t.elapsed();
         let t = Instant::now();
         archive::verify(&client, &paths, &partition).await.unwrap();

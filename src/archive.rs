@@ -7,11 +7,21 @@
 //! manifest last, so a manifest never points at a file that is not complete.
 //!
 //! Verifying reads the file back from disk, checks its size and SHA-256 against the manifest,
-//! decompresses and counts its rows, and compares that count with `count(*)` of the table.
-//! Only a verified archive allows a partition to be dropped.
+//! decompresses it, counts its rows and recomputes its content digest (an order-independent
+//! sum of the SHA-256 of every row, [`ContentDigest`]), and compares the count with `count(*)`
+//! of the table. Only a verified archive allows a partition to be dropped, and the drop itself
+//! recomputes the table's digest under its own lock (`table_digest`): a row changed after the
+//! archive was written keeps the table.
+//!
+//! A published file is never overwritten. Names are unique per table, partition schema and
+//! partition name, and a partition archived again (its content changed) gets the next version
+//! (`<schema>.<name>.v2.pgcopy.zst`); files are linked into place, which fails rather than
+//! replaces. Files are created 0600 and directories 0700 whatever the umask: they hold the
+//! odds history.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -22,7 +32,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::{Client, GenericClient, IsolationLevel};
 
 use crate::catalog::{self, RelName};
-use crate::copyfmt::{KeyKind, RowCounter};
+use crate::copyfmt::{ContentDigest, KeyKind, RowCounter};
 use crate::db::error_text;
 
 /// The manifest's `format`, bumped if the layout ever changes.
@@ -34,6 +44,8 @@ const ZSTD_LEVEL: i32 = 5;
 /// Batches in flight between the COPY stream and the writer thread: enough to keep both busy,
 /// small enough to keep memory flat (CHANNEL_CHUNKS x BATCH_BYTES at most).
 const CHANNEL_CHUNKS: usize = 16;
+/// A manifest is a few KiB; anything larger is not one (and `/dev/zero` is not read forever).
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 /// Bytes of COPY data gathered before they are handed to the writer thread.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -82,6 +94,10 @@ pub struct Manifest {
     pub compressed_bytes: u64,
     /// SHA-256 of the data file, hex.
     pub sha256: String,
+    /// Order-independent digest of the rows ([`ContentDigest`]); absent in manifests written
+    /// before it existed, whose archives cannot prove a table unchanged and are archived again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<String>,
     /// `server_version` of the PostgreSQL that produced it.
     pub server_version: String,
     /// partwarden's version.
@@ -130,29 +146,101 @@ fn db(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ArchiveError 
     move |source| ArchiveError::Db { what, source }
 }
 
-/// Where the archive of one partition lives.
+/// Where one version of the archive of one partition lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
     /// `archive_dir/<schema>.<table>`.
     pub dir: PathBuf,
-    /// `<dir>/<partition>.pgcopy.zst`.
+    /// `<dir>/<stem>.pgcopy.zst`.
     pub data: PathBuf,
-    /// `<dir>/<partition>.manifest.json`.
+    /// `<dir>/<stem>.manifest.json`.
     pub manifest: PathBuf,
-    /// `<partition>` as used in file names.
+    /// 1 for the first archive of a partition, then 2, 3, ... for archives written again.
+    pub version: u32,
+    /// `<partition schema>.<partition name>[.v<version>]` as used in file names.
     stem: String,
 }
 
-/// The paths of the archive of `partition` of `table`.
+/// The paths of the first version of the archive of `partition` of `table`.
 pub fn paths(archive_dir: &Path, table: &RelName, partition: &RelName) -> Paths {
+    version_paths(archive_dir, table, partition, 1)
+}
+
+/// The paths of version `version` of the archive of `partition` of `table`. The schema and the
+/// name are escaped separately (a `.` in either is escaped), so no two partitions and versions
+/// share a file name.
+pub fn version_paths(
+    archive_dir: &Path,
+    table: &RelName,
+    partition: &RelName,
+    version: u32,
+) -> Paths {
     let dir = archive_dir.join(file_safe(&table.to_string()));
-    let stem = file_safe(&partition.name);
+    let mut stem = format!(
+        "{}.{}",
+        file_safe_part(&partition.schema),
+        file_safe_part(&partition.name)
+    );
+    if version > 1 {
+        stem.push_str(&format!(".v{version}"));
+    }
     Paths {
         data: dir.join(format!("{stem}.pgcopy.zst")),
         manifest: dir.join(format!("{stem}.manifest.json")),
         dir,
+        version,
         stem,
     }
+}
+
+/// The newest published version (one with a manifest) of the archive of `partition`.
+pub fn latest(archive_dir: &Path, table: &RelName, partition: &RelName) -> Option<Paths> {
+    let mut found = None;
+    for v in 1.. {
+        let p = version_paths(archive_dir, table, partition, v);
+        if p.manifest.exists() {
+            found = Some(p);
+        } else if !p.data.exists() {
+            return found;
+        }
+    }
+    unreachable!("versions are finite")
+}
+
+/// The version to write next: the first with neither a manifest nor a data file. A data file
+/// without a manifest is what a write interrupted between its two renames leaves; with
+/// `reclaim` (the ledger shows this partition's archive step unfinished) it is removed and its
+/// version reused, otherwise it is left alone and skipped.
+pub fn next_version(
+    archive_dir: &Path,
+    table: &RelName,
+    partition: &RelName,
+    reclaim: bool,
+) -> Result<Paths, ArchiveError> {
+    for v in 1.. {
+        let p = version_paths(archive_dir, table, partition, v);
+        if p.manifest.exists() {
+            continue;
+        }
+        if p.data.exists() {
+            if !reclaim {
+                continue;
+            }
+            tracing::info!(file = %p.data.display(), "removing the data file of an interrupted archive write (it has no manifest)");
+            std::fs::remove_file(&p.data).map_err(io("removing", &p.data))?;
+        }
+        return Ok(p);
+    }
+    unreachable!("versions are finite")
+}
+
+/// Creates `dir` and its missing parents with mode 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), ArchiveError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating directory", dir))
 }
 
 /// Keeps `[A-Za-z0-9_.-]`, percent-encodes the rest, so no catalog name can climb out of the
@@ -167,6 +255,11 @@ fn file_safe(s: &str) -> String {
         }
     }
     out
+}
+
+/// As [`file_safe`], and a `.` is escaped too: one part of a dotted file name.
+fn file_safe_part(s: &str) -> String {
+    file_safe(s).replace('.', "%2E")
 }
 
 impl Paths {
@@ -221,14 +314,19 @@ pub struct Source<'a> {
     pub key: &'a str,
 }
 
-/// Writes the archive and its manifest. On error, temporary files are removed and nothing is
-/// left under the final names that was not there before.
+/// Writes the archive and its manifest under `paths` (a version from [`next_version`]). On
+/// error, temporary files are removed and nothing is left under the final names that was not
+/// there before; an existing file under a final name is never replaced (the write fails).
+///
+/// The COPY runs under `timeout` (`maintenance.archive_timeout`; `None`: no limit), not the
+/// session's statement_timeout: a large partition takes as long as it takes.
 pub async fn write(
     client: &mut Client,
     src: &Source<'_>,
     paths: &Paths,
+    timeout: Option<std::time::Duration>,
 ) -> Result<Manifest, ArchiveError> {
-    std::fs::create_dir_all(&paths.dir).map_err(io("creating directory", &paths.dir))?;
+    create_private_dir(&paths.dir)?;
     paths.remove_stale_temps()?;
     let columns = catalog::columns(&*client, src.partition)
         .await
@@ -258,8 +356,8 @@ pub async fn write(
         .get(0);
 
     let temp = paths.temp(&paths.data);
-    let result = write_data(client, src, &temp, key).await;
-    let (rows, range, sha256, compressed_bytes) = match result {
+    let result = write_data(client, src, &temp, key, timeout).await;
+    let (rows, range, sha256, compressed_bytes, content_digest) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
@@ -298,6 +396,7 @@ pub async fn write(
         copy_format: "text".into(),
         compressed_bytes,
         sha256,
+        content_digest: Some(content_digest),
         server_version,
         partwarden_version: env!("CARGO_PKG_VERSION").into(),
         created_at: Utc::now(),
@@ -305,7 +404,7 @@ pub async fn write(
     let text = serde_json::to_vec_pretty(&manifest).expect("manifest serialises");
     let temp = paths.temp(&paths.manifest);
     let written = (|| {
-        let mut f = File::create(&temp)?;
+        let mut f = create_private_file(&temp)?;
         f.write_all(&text)?;
         f.write_all(b"\n")?;
         f.sync_all()
@@ -321,14 +420,36 @@ pub async fn write(
 /// A range of instants.
 type KeyRange = (DateTime<Utc>, DateTime<Utc>);
 
-/// Streams the table into `temp`: (rows, key range, sha256, bytes).
+/// What streaming a table into a file found: rows, key range, SHA-256 of the file, its size,
+/// and the content digest of the rows.
+type Written = (u64, Option<KeyRange>, String, u64, String);
+
+/// A new file, 0600, failing if the name exists.
+fn create_private_file(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// `SET LOCAL statement_timeout` for the archive's own bound (0: none).
+pub fn statement_timeout_sql(timeout: Option<std::time::Duration>) -> String {
+    format!(
+        "SET LOCAL statement_timeout = {}",
+        timeout.map_or(0, |t| t.as_millis().max(1))
+    )
+}
+
+/// Streams the table into `temp`.
 async fn write_data(
     client: &mut Client,
     src: &Source<'_>,
     temp: &Path,
     key: Option<(usize, KeyKind)>,
-) -> Result<(u64, Option<KeyRange>, String, u64), ArchiveError> {
-    let file = File::create(temp).map_err(io("creating", temp))?;
+    timeout: Option<std::time::Duration>,
+) -> Result<Written, ArchiveError> {
+    let file = create_private_file(temp).map_err(io("creating", temp))?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let temp_owned = temp.to_path_buf();
     let writer = tokio::task::spawn_blocking(move || -> Result<_, ArchiveError> {
@@ -336,8 +457,10 @@ async fn write_data(
         let mut encoder =
             zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(io("compressing", &temp_owned))?;
         let mut counter = RowCounter::new(key);
+        let mut digest = ContentDigest::new();
         while let Some(chunk) = receiver.blocking_recv() {
             counter.feed(&chunk);
+            digest.feed(&chunk);
             encoder
                 .write_all(&chunk)
                 .map_err(io("writing", &temp_owned))?;
@@ -352,7 +475,11 @@ async fn write_data(
             .into_inner()
             .map_err(|e| io("writing", &temp_owned)(e.into_error()))?;
         file.sync_all().map_err(io("fsync", &temp_owned))?;
-        Ok((rows, counter.key_range(), sha, bytes))
+        let (_, content) = digest.finish().map_err(|m| ArchiveError::Mismatch {
+            path: temp_owned.clone(),
+            message: format!("COPY stream: {m}"),
+        })?;
+        Ok((rows, counter.key_range(), sha, bytes, content))
     });
 
     let streamed = async {
@@ -363,6 +490,9 @@ async fn write_data(
             .start()
             .await
             .map_err(db("starting the archive transaction"))?;
+        tx.batch_execute(&statement_timeout_sql(timeout))
+            .await
+            .map_err(db("setting the archive's statement_timeout"))?;
         let stream = tx
             .copy_out(&format!("COPY {} TO STDOUT", src.partition.quoted()))
             .await
@@ -396,12 +526,12 @@ async fn write_data(
     written
 }
 
-/// fsyncs nothing itself: renames `temp` over `path` and fsyncs the directory.
+/// Publishes `temp` (already fsynced) as `path` and fsyncs the directory. A hard link, not a
+/// rename: it fails when `path` exists, so a published file is never replaced.
 fn publish(temp: &Path, path: &Path, dir: &Path) -> Result<(), ArchiveError> {
-    std::fs::rename(temp, path).map_err(|e| {
-        let _ = std::fs::remove_file(temp);
-        io("renaming into place", path)(e)
-    })?;
+    let linked = std::fs::hard_link(temp, path);
+    let _ = std::fs::remove_file(temp);
+    linked.map_err(io("publishing (a file of that name exists?)", path))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync of directory", dir))
@@ -409,7 +539,24 @@ fn publish(temp: &Path, path: &Path, dir: &Path) -> Result<(), ArchiveError> {
 
 /// Reads a manifest.
 pub fn read_manifest(path: &Path) -> Result<Manifest, ArchiveError> {
-    let text = std::fs::read(path).map_err(io("reading manifest", path))?;
+    let file = File::open(path).map_err(io("reading manifest", path))?;
+    let meta = file.metadata().map_err(io("reading manifest", path))?;
+    if !meta.is_file() {
+        return Err(ArchiveError::Mismatch {
+            path: path.to_path_buf(),
+            message: "not a regular file".into(),
+        });
+    }
+    let mut text = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(io("reading manifest", path))?;
+    if text.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(ArchiveError::Mismatch {
+            path: path.to_path_buf(),
+            message: format!("larger than {MAX_MANIFEST_BYTES} bytes; not a partwarden manifest"),
+        });
+    }
     let m: Manifest = serde_json::from_slice(&text).map_err(|e| ArchiveError::Mismatch {
         path: path.to_path_buf(),
         message: format!("not a partwarden manifest: {e}"),
@@ -444,10 +591,12 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
     let expected_sha = m.sha256.clone();
     let expected_bytes = m.compressed_bytes;
     let expected_rows = m.rows;
+    let expected_digest = m.content_digest.clone();
     tokio::task::spawn_blocking(move || {
         let file = File::open(&data).map_err(io("opening archive", &data))?;
         let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
         let mut counter = RowCounter::new(None);
+        let mut digest = ContentDigest::new();
         {
             let mut decoder =
                 zstd::Decoder::with_buffer(&mut hashing).map_err(io("reading archive", &data))?;
@@ -460,6 +609,7 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
                     break;
                 }
                 counter.feed(&buf[..n]);
+                digest.feed(&buf[..n]);
             }
         }
         // Anything after the zstd frame still counts towards the file's checksum.
@@ -484,6 +634,14 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
             return Err(mismatch(format!(
                 "{rows} rows, manifest says {expected_rows}"
             )));
+        }
+        if let Some(expected) = expected_digest {
+            let (_, content) = digest.finish().map_err(&mismatch)?;
+            if content != expected {
+                return Err(mismatch(format!(
+                    "content digest {content}, manifest says {expected}"
+                )));
+            }
         }
         Ok(rows)
     })
@@ -521,6 +679,28 @@ pub async fn verify(
         });
     }
     Ok(m)
+}
+
+/// The row count and content digest of `table` as COPY writes it now, in the caller's
+/// transaction (the drop calls it under its ACCESS EXCLUSIVE lock, so nothing can change
+/// between this and the drop).
+pub async fn table_digest(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &RelName,
+) -> Result<(u64, String), ArchiveError> {
+    let stream = tx
+        .copy_out(&format!("COPY {} TO STDOUT", table.quoted()))
+        .await
+        .map_err(db("COPY TO STDOUT"))?;
+    futures_util::pin_mut!(stream);
+    let mut digest = ContentDigest::new();
+    while let Some(chunk) = stream.next().await {
+        digest.feed(&chunk.map_err(db("COPY TO STDOUT"))?);
+    }
+    digest.finish().map_err(|m| ArchiveError::Mismatch {
+        path: PathBuf::new(),
+        message: format!("COPY stream of {table}: {m}"),
+    })
 }
 
 /// Streams the archive's rows into `table` with `COPY ... FROM STDIN` using the manifest's
@@ -671,8 +851,38 @@ mod tests {
         assert_eq!(
             paths.data,
             Path::new(
-                "/var/lib/partwarden/archive/public.market_odds_history/%2E.%2F..%2Fetc%2Fpasswd.pgcopy.zst"
+                "/var/lib/partwarden/archive/public.market_odds_history/public.%2E%2E%2F%2E%2E%2Fetc%2Fpasswd.pgcopy.zst"
             )
+        );
+    }
+
+    #[test]
+    fn file_names_are_unique_per_schema_name_and_version() {
+        let t = RelName {
+            schema: "public".into(),
+            name: "moh".into(),
+        };
+        let rel = |s: &str, n: &str| RelName {
+            schema: s.into(),
+            name: n.into(),
+        };
+        let dir = Path::new("/a");
+        let names = [
+            paths(dir, &t, &rel("a.b", "c")).data,
+            paths(dir, &t, &rel("a", "b.c")).data,
+            paths(dir, &t, &rel("other", "p")).data,
+            paths(dir, &t, &rel("public", "p")).data,
+            version_paths(dir, &t, &rel("public", "p"), 2).data,
+            paths(dir, &t, &rel("public", "p.v2")).data,
+        ];
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert_eq!(
+            version_paths(dir, &t, &rel("public", "p"), 2).manifest,
+            Path::new("/a/public.moh/public.p.v2.manifest.json")
         );
     }
 }

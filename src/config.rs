@@ -88,6 +88,10 @@ pub struct DatabaseConfig {
     /// How long one DDL step keeps retrying after lock timeouts before the step is given up
     /// (the rest of the pass still runs, and the next pass tries again).
     pub lock_retry_for: Duration,
+    /// Largest difference between this host's clock and the server's that partwarden accepts
+    /// before it refuses DDL: plans follow the server's clock, and a host clock that far off
+    /// means something is wrong with one of them.
+    pub max_clock_skew: Duration,
 }
 
 impl DatabaseConfig {
@@ -106,6 +110,7 @@ impl fmt::Debug for DatabaseConfig {
             .field("lock_timeout", &self.lock_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("lock_retry_for", &self.lock_retry_for)
+            .field("max_clock_skew", &self.max_clock_skew)
             .finish()
     }
 }
@@ -122,8 +127,13 @@ pub struct MaintenanceConfig {
     /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
     /// name, `%%` a percent sign); a table is dropped only after it exits 0 for both.
     pub archive_command: Option<String>,
-    /// How long archive_command may run before it is killed and counted as failed.
+    /// How long archive_command may run before its process group is killed and the run
+    /// counted as failed.
     pub archive_command_timeout: Duration,
+    /// statement_timeout of the archive's COPY and of the drop's re-read of the table (`None`,
+    /// the default: no limit), instead of `database.statement_timeout`, which would make a
+    /// partition too large to stream within it impossible to archive.
+    pub archive_timeout: Option<Duration>,
     /// statement_timeout of `CREATE INDEX CONCURRENTLY` when a pass repairs a partition's index
     /// (a build takes longer than ordinary statements, and does not block writers).
     pub index_build_timeout: Duration,
@@ -204,6 +214,7 @@ struct RawDatabase {
     lock_timeout: String,
     statement_timeout: String,
     lock_retry_for: String,
+    max_clock_skew: String,
 }
 
 impl Default for RawDatabase {
@@ -215,6 +226,7 @@ impl Default for RawDatabase {
             lock_timeout: "200ms".into(),
             statement_timeout: "60s".into(),
             lock_retry_for: "60s".into(),
+            max_clock_skew: "5m".into(),
         }
     }
 }
@@ -227,6 +239,7 @@ struct RawMaintenance {
     max_expired_per_pass: i64,
     archive_command: String,
     archive_command_timeout: String,
+    archive_timeout: String,
     index_build_timeout: String,
 }
 
@@ -238,6 +251,7 @@ impl Default for RawMaintenance {
             max_expired_per_pass: 3,
             archive_command: String::new(),
             archive_command_timeout: "10m".into(),
+            archive_timeout: "none".into(),
             index_build_timeout: "1h".into(),
         }
     }
@@ -390,6 +404,7 @@ impl RawDatabase {
         let lock_timeout = duration("database.lock_timeout", &self.lock_timeout)?;
         let statement_timeout = duration("database.statement_timeout", &self.statement_timeout)?;
         let lock_retry_for = duration("database.lock_retry_for", &self.lock_retry_for)?;
+        let max_clock_skew = duration("database.max_clock_skew", &self.max_clock_skew)?;
         if lock_timeout >= statement_timeout {
             return Err(format!(
                 "key `database.lock_timeout`: expected less than statement_timeout ({}), got {}",
@@ -403,6 +418,7 @@ impl RawDatabase {
             lock_timeout,
             statement_timeout,
             lock_retry_for,
+            max_clock_skew,
         })
     }
 }
@@ -462,6 +478,10 @@ impl RawMaintenance {
             "maintenance.archive_command_timeout",
             &self.archive_command_timeout,
         )?;
+        let archive_timeout = match self.archive_timeout.trim() {
+            "" | "none" => None,
+            t => Some(duration("maintenance.archive_timeout", t)?),
+        };
         let index_build_timeout =
             duration("maintenance.index_build_timeout", &self.index_build_timeout)?;
         Ok(MaintenanceConfig {
@@ -470,6 +490,7 @@ impl RawMaintenance {
             max_expired_per_pass: self.max_expired_per_pass as usize,
             archive_command,
             archive_command_timeout,
+            archive_timeout,
             index_build_timeout,
         })
     }

@@ -16,3 +16,21 @@ pub fn point(name: &str) {
         std::process::abort();
     }
 }
+
+/// Environment variable naming a point to pause at, and for how long: `<name>:<millis>`.
+pub const PAUSE_ENV: &str = "PARTWARDEN_PAUSEPOINT";
+
+/// Sleeps if `PARTWARDEN_PAUSEPOINT` names this point, so that a test can change the database
+/// at that instant (for example, write to a table between its verification and its drop).
+pub async fn pause(name: &str) {
+    let Ok(v) = std::env::var(PAUSE_ENV) else {
+        return;
+    };
+    if let Some((n, ms)) = v.split_once(':')
+        && n == name
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        eprintln!("partwarden: pausepoint {name}: sleeping {ms} ms");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}

@@ -75,7 +75,7 @@ pub async fn snapshot(
              LEFT JOIN pg_class ci ON ci.oid = x.indexrelid \
              WHERE t.inhparent = to_regclass($1) AND NOT t.inhdetachpending AND pc.relkind = 'r' \
                AND pg_get_expr(pc.relpartbound, pc.oid) IS NOT NULL \
-             ORDER BY 2, 3",
+             ORDER BY 1, 2, 3",
             &[&table.quoted()],
         )
         .await?;

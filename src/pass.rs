@@ -309,7 +309,7 @@ pub async fn run(
             .tables
             .iter()
             .any(|t| t.on_expiry == OnExpiry::Archive)
-        && let Err(e) = std::fs::create_dir_all(&config.maintenance.archive_dir)
+        && let Err(e) = archive::create_private_dir(&config.maintenance.archive_dir)
     {
         let msg = format!(
             "archive directory {}: {e}",
@@ -867,33 +867,46 @@ impl Expiring<'_> {
     }
 
     async fn archive_and_drop(&self, client: &mut Client) -> Result<u64, String> {
-        let paths = archive::paths(
-            &self.config.maintenance.archive_dir,
-            self.parent,
-            &self.task.partition,
-        );
+        let dir = &self.config.maintenance.archive_dir;
+        let timeout = self.config.maintenance.archive_timeout;
         let mut written = 0;
-        // A complete archive from a pass that stopped after writing it is reused, never
-        // written again under another name.
-        let mut manifest: Option<Manifest> = None;
-        if paths.manifest.exists() {
+        // A complete archive from a pass that stopped after writing it is reused, but only if
+        // it verifies and the table still holds exactly its rows; otherwise a new version is
+        // written beside it (a published archive is never replaced).
+        let mut reuse: Option<(archive::Paths, Manifest)> = None;
+        if let Some(paths) = archive::latest(dir, self.parent, &self.task.partition) {
             let started_at = Utc::now();
-            match archive::verify(&*client, &paths, &self.task.partition).await {
+            match self.verify_reusable(client, &paths).await {
                 Ok(m) => {
                     let outcome = archive_outcome(&paths.data, &m);
                     ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome)
                         .await
                         .map_err(|e| error_text(&e))?;
-                    manifest = Some(m);
+                    reuse = Some((paths, m));
                 }
                 Err(e) => {
-                    tracing::warn!(partition = %self.task.partition, error = %e, "existing archive does not verify; writing it again");
+                    tracing::warn!(partition = %self.task.partition, error = %e, "the existing archive cannot be reused; writing a new version beside it");
                 }
             }
         }
-        let manifest = match manifest {
-            Some(m) => m,
+        let (paths, manifest) = match reuse {
+            Some(v) => v,
             None => {
+                // The data file of a write interrupted before its manifest is this table's
+                // own leftover when the ledger's last step for it is an unfinished archive.
+                let reclaim = ledger::in_flight(&*client, self.parent)
+                    .await
+                    .map_err(|e| error_text(&e))?
+                    .iter()
+                    .any(|l| {
+                        l.partition == self.task.partition
+                            && l.last_step == Step::Archive
+                            && !l.last_finished
+                    });
+                let paths = archive::next_version(dir, self.parent, &self.task.partition, reclaim)
+                    .map_err(|e| {
+                        format!("archive failed, the table stays detached and intact: {e}")
+                    })?;
                 let src = archive::Source {
                     table: self.parent,
                     partition: &self.task.partition,
@@ -904,7 +917,7 @@ impl Expiring<'_> {
                 let id = ledger::start(&*client, &self.event(Step::Archive))
                     .await
                     .map_err(|e| error_text(&e))?;
-                let result = archive::write(client, &src, &paths).await;
+                let result = archive::write(client, &src, &paths, timeout).await;
                 let outcome = result_outcome(&paths.data, &result);
                 ledger::finish(&*client, id, &outcome)
                     .await
@@ -923,9 +936,10 @@ impl Expiring<'_> {
                 ledger::finish(&*client, id, &outcome)
                     .await
                     .map_err(|e| error_text(&e))?;
-                result.map_err(|e| {
+                let m = result.map_err(|e| {
                     format!("archive did not verify, the table stays detached and intact: {e}")
-                })?
+                })?;
+                (paths, m)
             }
         };
         fault::point("after_verify");
@@ -945,9 +959,10 @@ impl Expiring<'_> {
                     .await
                     .map_err(|e| error_text(&e))?;
                 let timeout = self.config.maintenance.archive_command_timeout;
-                let mut result = run_archive_command(cmd, &paths.data, timeout).await;
+                let database = &self.config.database;
+                let mut result = run_archive_command(cmd, &paths.data, timeout, database).await;
                 if result.is_ok() {
-                    result = run_archive_command(cmd, &paths.manifest, timeout).await;
+                    result = run_archive_command(cmd, &paths.manifest, timeout, database).await;
                 }
                 let mut outcome = archive_outcome(&paths.data, &manifest);
                 outcome.error = result.as_ref().err().cloned();
@@ -958,21 +973,65 @@ impl Expiring<'_> {
             }
         }
         fault::point("after_ship");
+        fault::pause("before_drop").await;
         self.drop(
             client,
-            Some(manifest.rows),
+            Some(&manifest),
             Some(archive_outcome(&paths.data, &manifest)),
         )
         .await?;
         Ok(written)
     }
 
-    /// Drops the detached table in one transaction that first locks it and, when the archive's
-    /// row count is given, checks the table still holds exactly that many rows.
+    /// Checks that an archive found from an earlier pass can stand for the table: the file
+    /// verifies against its manifest, and the table's content digest (read now, without a
+    /// lock; the drop checks again under its own) is the manifest's.
+    async fn verify_reusable(
+        &self,
+        client: &mut Client,
+        paths: &archive::Paths,
+    ) -> Result<Manifest, String> {
+        let m = archive::verify(&*client, paths, &self.task.partition)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(expected) = &m.content_digest else {
+            return Err(
+                "its manifest has no content digest (written by an older partwarden)".into(),
+            );
+        };
+        let timeout = self.config.maintenance.archive_timeout;
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| error_text(&e))?;
+        tx.batch_execute(&archive::statement_timeout_sql(timeout))
+            .await
+            .map_err(|e| error_text(&e))?;
+        let (_, digest) = archive::table_digest(&tx, &self.task.partition)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| error_text(&e))?;
+        if &digest != expected {
+            return Err(format!(
+                "the table changed after {} was written (content digest {digest}, archive {expected})",
+                paths.data.display()
+            ));
+        }
+        Ok(m)
+    }
+
+    /// Drops the detached table in one transaction that first locks it and, when an archive is
+    /// given, checks under that lock that the table's content digest is still the archive's.
+    /// A table that changed is kept: the mismatch is recorded in the ledger as a failed
+    /// `verify` (so `--check` reports it as critical) and the next pass writes a new archive
+    /// version beside the old one.
     async fn drop(
         &self,
         client: &mut Client,
-        expected_rows: Option<u64>,
+        archived: Option<&Manifest>,
         outcome: Option<ledger::Outcome>,
     ) -> Result<(), String> {
         let p = self.task.partition.quoted();
@@ -982,6 +1041,7 @@ impl Expiring<'_> {
         let lock = format!("LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE");
         let count = format!("SELECT count(*) FROM {p}");
         let drop = format!("DROP TABLE {p}");
+        let timeout = archive::statement_timeout_sql(self.config.maintenance.archive_timeout);
         let base = outcome.unwrap_or_default();
         let checked = ddl::with_lock_retry(
             client,
@@ -990,18 +1050,31 @@ impl Expiring<'_> {
             std::slice::from_ref(&p),
             async |tx: &Transaction<'_>| {
                 tx.execute(lock.as_str(), &[]).await.map_err(|e| (lock.clone(), e))?;
-                let n: i64 = tx
-                    .query_one(count.as_str(), &[])
-                    .await
-                    .map_err(|e| (count.clone(), e))?
-                    .get(0);
-                if let Some(expected) = expected_rows
-                    && n as u64 != expected
-                {
-                    return Ok(Err(format!(
-                        "the detached table now holds {n} rows but its archive {expected}; not dropped (rows were written to it after the archive?)"
-                    )));
-                }
+                let n = match archived {
+                    Some(m) => {
+                        tx.batch_execute(&timeout).await.map_err(|e| (timeout.clone(), e))?;
+                        let (n, digest) = match archive::table_digest(tx, &self.task.partition).await {
+                            Ok(v) => v,
+                            Err(archive::ArchiveError::Db { source, .. }) => {
+                                return Err((format!("COPY {p} TO STDOUT"), source));
+                            }
+                            Err(e) => return Ok(Err(e.to_string())),
+                        };
+                        if m.content_digest.as_deref() != Some(digest.as_str()) {
+                            return Ok(Err(format!(
+                                "the detached table changed after its archive was written ({n} rows now, {} archived; content digest {digest}, archive {}); not dropped, the next pass archives it again as a new version",
+                                m.rows,
+                                m.content_digest.as_deref().unwrap_or("none")
+                            )));
+                        }
+                        n as i64
+                    }
+                    None => tx
+                        .query_one(count.as_str(), &[])
+                        .await
+                        .map_err(|e| (count.clone(), e))?
+                        .get(0),
+                };
                 tx.execute(drop.as_str(), &[]).await.map_err(|e| (drop.clone(), e))?;
                 let outcome = ledger::Outcome {
                     rows: Some(n),
@@ -1015,7 +1088,16 @@ impl Expiring<'_> {
         )
         .await
         .map_err(|e| e.to_string())?;
-        checked.0?;
+        if let Err(why) = checked.0 {
+            let outcome = ledger::Outcome {
+                error: Some(why.clone()),
+                ..base.clone()
+            };
+            ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome)
+                .await
+                .map_err(|e| error_text(&e))?;
+            return Err(why);
+        }
         tracing::info!(partition = %self.task.partition, "dropped");
         Ok(())
     }
@@ -1046,23 +1128,47 @@ fn archive_outcome(data: &Path, m: &Manifest) -> ledger::Outcome {
 
 /// Runs `archive_command` for one file, with `%p`, `%f` and `%%` replaced (paths quoted for the
 /// shell).
-pub async fn run_archive_command(cmd: &str, path: &Path, timeout: Duration) -> Result<(), String> {
+///
+/// The command runs in a process group of its own, and on timeout the whole group is killed:
+/// killing only `sh` would leave its children running, reparented to init. It gets this
+/// process's environment less every database secret ([`child_env_removals`]).
+pub async fn run_archive_command(
+    cmd: &str,
+    path: &Path,
+    timeout: Duration,
+    database: &crate::config::DatabaseConfig,
+) -> Result<(), String> {
     let file = path
         .file_name()
         .and_then(|f| f.to_str())
         .unwrap_or_default();
     let expanded = expand_command(cmd, &path.display().to_string(), file);
-    let child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg(&expanded)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
+        .process_group(0)
+        .kill_on_drop(true);
+    for key in child_env_removals(database) {
+        command.env_remove(key);
+    }
+    let child = command
         .spawn()
         .map_err(|e| format!("cannot start sh: {e}"))?;
+    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
-        Err(_) => Err(format!("killed after {timeout:?} for {file}")),
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                // The group's leader is sh itself; its children share the group.
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            Err(format!(
+                "killed (with its process group) after {timeout:?} for {file}"
+            ))
+        }
         Ok(Err(e)) => Err(format!("waiting for it: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
@@ -1074,9 +1180,40 @@ pub async fn run_archive_command(cmd: &str, path: &Path, timeout: Duration) -> R
                 .chars()
                 .take(200)
                 .collect::<String>();
-            Err(format!("{} for {file}: {last}", out.status))
+            Err(format!(
+                "{} for {file}: {}",
+                out.status,
+                crate::config::redact_url(&last)
+            ))
         }
     }
+}
+
+/// The environment variables a child process must not inherit: libpq's (`PG*`: `PGPASSWORD`,
+/// `PGPASSFILE`, ...), partwarden's own overrides (`PARTWARDEN*`, which may hold the database
+/// URL), and any other whose value contains the database password or connection string.
+pub fn child_env_removals(database: &crate::config::DatabaseConfig) -> Vec<std::ffi::OsString> {
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(p) = &database.password {
+        secrets.push(p.clone());
+    }
+    if let Ok((cfg, _)) = db::pg_config(database)
+        && let Some(p) = cfg.get_password()
+    {
+        secrets.push(String::from_utf8_lossy(p).into_owned());
+    }
+    secrets.push(database.url.clone());
+    secrets.retain(|s| !s.is_empty());
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            let k = k.to_string_lossy();
+            let v = v.to_string_lossy();
+            k.starts_with("PG")
+                || k.starts_with("PARTWARDEN")
+                || secrets.iter().any(|s| v.contains(s.as_str()))
+        })
+        .map(|(k, _)| k)
+        .collect()
 }
 
 /// PostgreSQL-style `%p` / `%f` / `%%` expansion, with single-quoted shell words.

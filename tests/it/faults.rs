@@ -16,11 +16,11 @@ use crate::support::{TestDb, bootstrap_cli, bootstrapped, partwarden, path_str};
 
 const ROWS: i64 = 3000;
 
-fn start(back: u32) -> DateTime<Utc> {
+pub(crate) fn start(back: u32) -> DateTime<Utc> {
     Interval::Monthly.floor(Utc::now()) - Months::new(back)
 }
 
-fn name(back: u32) -> String {
+pub(crate) fn name(back: u32) -> String {
     format!(
         "market_odds_history{}",
         Interval::Monthly.suffix(start(back))
@@ -28,7 +28,7 @@ fn name(back: u32) -> String {
 }
 
 /// Creates the partition `back` months ago with ROWS rows; returns the hash of its content.
-async fn old_partition(c: &tokio_postgres::Client, back: u32) -> String {
+pub(crate) async fn old_partition(c: &tokio_postgres::Client, back: u32) -> String {
     let (lo, hi) = (start(back), start(back) + Months::new(1));
     c.batch_execute(&format!(
         "CREATE TABLE {n} PARTITION OF market_odds_history FOR VALUES FROM ('{lo}') TO ('{hi}');
@@ -47,7 +47,7 @@ async fn old_partition(c: &tokio_postgres::Client, back: u32) -> String {
 }
 
 /// SHA-256 of the sorted lines of `COPY table TO STDOUT`, in partwarden's session settings.
-async fn table_hash(c: &tokio_postgres::Client, table: &str) -> String {
+pub(crate) async fn table_hash(c: &tokio_postgres::Client, table: &str) -> String {
     c.batch_execute("SET DateStyle = 'ISO, MDY'; SET extra_float_digits = 3")
         .await
         .unwrap();
@@ -64,7 +64,7 @@ async fn table_hash(c: &tokio_postgres::Client, table: &str) -> String {
     lines_hash(&bytes)
 }
 
-fn lines_hash(bytes: &[u8]) -> String {
+pub(crate) fn lines_hash(bytes: &[u8]) -> String {
     let mut lines: Vec<&[u8]> = bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -78,8 +78,8 @@ fn lines_hash(bytes: &[u8]) -> String {
     format!("{}:{}", lines.len(), hex::encode(h.finalize()))
 }
 
-fn archive_hash(dir: &Path, partition: &str) -> Option<String> {
-    let file = std::fs::File::open(dir.join(format!("{partition}.pgcopy.zst"))).ok()?;
+pub(crate) fn archive_hash(dir: &Path, partition: &str) -> Option<String> {
+    let file = std::fs::File::open(dir.join(format!("public.{partition}.pgcopy.zst"))).ok()?;
     let mut bytes = Vec::new();
     zstd::Decoder::new(file)
         .unwrap()
@@ -88,7 +88,7 @@ fn archive_hash(dir: &Path, partition: &str) -> Option<String> {
     Some(lines_hash(&bytes))
 }
 
-async fn attached(c: &tokio_postgres::Client, partition: &str) -> bool {
+pub(crate) async fn attached(c: &tokio_postgres::Client, partition: &str) -> bool {
     c.query_one(
         "SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass($1))",
         &[&partition],
@@ -184,7 +184,7 @@ async fn kill_9_at_fifty_random_instants_loses_nothing() {
             Some(hash.as_str()),
             "{partition}: archive holds every row"
         );
-        let manifest = dir.join(format!("{partition}.manifest.json"));
+        let manifest = dir.join(format!("public.{partition}.manifest.json"));
         let m = partwarden::archive::read_manifest(&manifest).unwrap();
         assert_eq!(
             partwarden::archive::check_file(&manifest, &m)

@@ -90,7 +90,7 @@ fn archive_dir(db: &TestDb) -> PathBuf {
 }
 
 fn manifest_path(db: &TestDb, back: u32) -> PathBuf {
-    archive_dir(db).join(format!("{}.manifest.json", month_name(back)))
+    archive_dir(db).join(format!("public.{}.manifest.json", month_name(back)))
 }
 
 fn files_in(dir: &Path) -> Vec<String> {
@@ -168,10 +168,10 @@ async fn expiry_archives_verifies_and_drops() {
     assert_eq!(m.columns.len(), 7);
     // Only final files, no temporaries.
     let mut expected = vec![
-        format!("{}.manifest.json", month_name(7)),
-        format!("{}.pgcopy.zst", month_name(7)),
-        format!("{}.manifest.json", month_name(8)),
-        format!("{}.pgcopy.zst", month_name(8)),
+        format!("public.{}.manifest.json", month_name(7)),
+        format!("public.{}.pgcopy.zst", month_name(7)),
+        format!("public.{}.manifest.json", month_name(8)),
+        format!("public.{}.pgcopy.zst", month_name(8)),
     ];
     expected.sort();
     assert_eq!(files_in(&archive_dir(&db)), expected);
@@ -401,8 +401,8 @@ async fn a_failing_archive_command_keeps_the_table_until_it_succeeds() {
     assert_eq!(
         files_in(&shipped),
         [
-            format!("{}.manifest.json", month_name(8)),
-            format!("{}.pgcopy.zst", month_name(8))
+            format!("public.{}.manifest.json", month_name(8)),
+            format!("public.{}.pgcopy.zst", month_name(8))
         ]
     );
     assert_eq!(

@@ -8,6 +8,7 @@ mod daemon;
 mod faults;
 mod ha;
 mod lifecycle;
+mod nothing_lost;
 mod odds;
 mod pg;
 mod security;

@@ -2,7 +2,8 @@
 # Makes sure what the tests need is here: the PostgreSQL server binaries (initdb, pg_ctl,
 # postgres) on PATH, installing Debian's postgresql package when they are missing; a `postgres`
 # OS user when running as root (PostgreSQL refuses to run as root); systemd-analyze, to verify
-# the unit files. Prints what it found.
+# the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong.
+# Prints what it found.
 set -euo pipefail
 if ! command -v initdb >/dev/null 2>&1; then
   bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -28,5 +29,10 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command
   echo "ensure-test-deps: installing systemd (for systemd-analyze)" >&2
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
+fi
+if ! command -v faketime >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing faketime" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
 echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1)" >&2

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::catalog::{self, RelName};
+use crate::clock::Clocks;
 use crate::config::Config;
 use crate::db::{self, ConnectError};
 use crate::ddl::DdlPolicy;
@@ -25,8 +26,9 @@ use crate::premake::{self, Runway};
 pub struct Options {
     /// Print the plan (every statement, in order) and change nothing.
     pub dry_run: bool,
-    /// The clock: the real one, or `--now` in a dry run.
-    pub now: DateTime<Utc>,
+    /// The instant to plan partitions for; `None` (always, but in a `--dry-run --now`): the
+    /// database server's clock.
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// What a bootstrap did (or, in a dry run, would do).
@@ -142,6 +144,12 @@ pub async fn run(
         db::require_primary(&client)
             .await
             .map_err(BootstrapError::Refused)?;
+        let clocks = Clocks::read(&client)
+            .await
+            .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?;
+        clocks
+            .check(config.database.max_clock_skew)
+            .map_err(BootstrapError::Refused)?;
         migrate::lock(&client, config.database.lock_retry_for).await?;
     }
     let result = run_locked(&mut client, config, &policy, opts, out).await;
@@ -160,6 +168,11 @@ async fn run_locked(
     opts: Options,
     out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
+    let server_now = Clocks::read(&*client)
+        .await
+        .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?
+        .server;
+    let now = opts.now.unwrap_or(server_now);
     let steps = migrate::steps(&*client, MIGRATIONS).await?;
     let mut summary = Summary {
         dry_run: opts.dry_run,
@@ -181,10 +194,6 @@ async fn run_locked(
     for table in &config.tables {
         let rel = RelName::from(&table.name);
         let mut tr = pass::TableReport::new(table);
-        let pass_opts = pass::Options {
-            dry_run: opts.dry_run,
-            now: opts.now,
-        };
         match catalog::snapshot(&*client, &rel).await {
             Err(e) => tr.errors.push(db::error_text(&e)),
             Ok(mut snap) => {
@@ -205,7 +214,9 @@ async fn run_locked(
                     &mut pass::Ctx {
                         config,
                         policy,
-                        opts: pass_opts,
+                        dry_run: opts.dry_run,
+                        now,
+                        server_now,
                         stop: &std::sync::atomic::AtomicBool::new(false),
                         out: &mut *out,
                     },
@@ -218,7 +229,7 @@ async fn run_locked(
         }
         if !opts.dry_run && tr.errors.is_empty() {
             match catalog::snapshot(&*client, &rel).await {
-                Ok(after) => tr.runway = Some(premake::runway(table, &after, opts.now)),
+                Ok(after) => tr.runway = Some(premake::runway(table, &after, now)),
                 Err(e) => tr.errors.push(db::error_text(&e)),
             }
         }

@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
 use crate::catalog::{self, RelName, TableSnapshot};
+use crate::clock::Clocks;
 use crate::config::{Config, OnExpiry, TableConfig};
 use crate::db::{self, error_text};
 use crate::expiry;
@@ -187,8 +188,8 @@ pub fn colour() -> bool {
     std::io::stdout().is_terminal()
 }
 
-/// Runs every check.
-pub async fn run(config: &Config, now: DateTime<Utc>) -> Report {
+/// Runs every check, at `now` (`None`: the database server's clock).
+pub async fn run(config: &Config, now: Option<DateTime<Utc>>) -> Report {
     let client = match db::connect(&config.database).await {
         Ok(c) => c,
         Err(e) => {
@@ -201,10 +202,53 @@ pub async fn run(config: &Config, now: DateTime<Utc>) -> Report {
     let mut checks = Vec::new();
     checks.push(connection(&client).await);
     checks.extend(schema(&client).await);
+    let (clock_check, server_now) = clock(&client, config).await;
+    checks.push(clock_check);
+    let now = now.or(server_now).unwrap_or_else(Utc::now);
     for table in &config.tables {
         checks.extend(table_checks(&client, config, table, now).await);
     }
     Report::new(checks)
+}
+
+/// The host's clock against the server's: past `database.max_clock_skew` every pass refuses
+/// DDL, so it is critical. Returns the server's clock for the other checks.
+async fn clock(client: &Client, config: &Config) -> (Check, Option<DateTime<Utc>>) {
+    match Clocks::read(client).await {
+        Ok(c) => {
+            let details = json!({
+                "server": c.server.to_rfc3339(),
+                "host": c.host.to_rfc3339(),
+                "skew_ms": c.skew().as_millis() as u64,
+                "max_clock_skew_ms": config.database.max_clock_skew.as_millis() as u64,
+            });
+            let check = match c.check(config.database.max_clock_skew) {
+                Ok(()) => check(
+                    "clock",
+                    None,
+                    Status::Ok,
+                    format!(
+                        "host and server clocks agree within {} ms (max_clock_skew {})",
+                        c.skew().as_millis(),
+                        humantime::format_duration(config.database.max_clock_skew)
+                    ),
+                    details,
+                ),
+                Err(why) => check("clock", None, Status::Critical, why, details),
+            };
+            (check, Some(c.server))
+        }
+        Err(e) => (
+            check(
+                "clock",
+                None,
+                Status::Unknown,
+                format!("reading the server's clock: {}", error_text(&e)),
+                json!({}),
+            ),
+            None,
+        ),
+    }
 }
 
 async fn connection(client: &Client) -> Check {

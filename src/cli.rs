@@ -93,11 +93,6 @@ impl Args {
             Mode::Daemon
         }
     }
-
-    /// The clock: `--now` when given, the real one otherwise.
-    pub fn now(&self) -> DateTime<Utc> {
-        self.now.unwrap_or_else(Utc::now)
-    }
 }
 
 fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {
@@ -126,7 +121,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.mode(), Mode::Bootstrap);
-        assert_eq!(a.now().to_rfc3339(), "2026-12-01T00:00:00+00:00");
+        assert_eq!(a.now.unwrap().to_rfc3339(), "2026-12-01T00:00:00+00:00");
         assert!(Args::try_parse_from(["partwarden", "--dry-run", "--now", "yesterday"]).is_err());
         assert_eq!(
             Args::try_parse_from(["partwarden"]).unwrap().mode(),

@@ -381,7 +381,7 @@ fn start_pass(
     Box::pin(async move {
         let opts = pass::Options {
             dry_run: false,
-            now: Utc::now(),
+            now: None,
         };
         let started = std::time::Instant::now();
         let report = pass::run(&mut client, &config, opts, &stop, &mut std::io::sink()).await;

@@ -71,11 +71,16 @@ pub fn is_expired(table: &TableConfig, upper: Option<DateTime<Utc>>, now: DateTi
 }
 
 /// Plans the expiries of `table` at `now`.
+///
+/// `server_now` is the database server's clock: whatever `now` says (a host clock gone wrong,
+/// `--dry-run --now`), a partition whose upper bound is after it (the one that holds it, and
+/// every later one) is never expired.
 pub fn plan(
     table: &TableConfig,
     snap: &TableSnapshot,
     unfinished: &[Unfinished],
     now: DateTime<Utc>,
+    server_now: DateTime<Utc>,
     max: usize,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -83,8 +88,9 @@ pub fn plan(
     let fmt = |t: Option<DateTime<Utc>>| t.map_or("unbounded".to_string(), |t| t.to_rfc3339());
     let in_ledger = |p: &RelName| unfinished.iter().any(|u| &u.ledger.partition == p);
 
+    let before_server_now = |upper: Option<DateTime<Utc>>| upper.is_some_and(|u| u <= server_now);
     for p in snap.partitions.iter().filter(|p| p.detach_pending) {
-        if is_expired(table, p.upper, now) || in_ledger(&p.name) {
+        if (is_expired(table, p.upper, now) && before_server_now(p.upper)) || in_ledger(&p.name) {
             plan.tasks.push(Task {
                 partition: p.name.clone(),
                 lower: p.lower,
@@ -130,6 +136,17 @@ pub fn plan(
             .iter()
             .filter(|p| !p.is_default && !p.detach_pending && is_expired(table, p.upper, now))
         {
+            if !before_server_now(p.upper) {
+                plan.notes.push(format!(
+                    "{} ({} .. {}) would be expired at {}, but it holds or follows the database server's now ({}); left alone",
+                    p.name,
+                    fmt(p.lower),
+                    fmt(p.upper),
+                    now.to_rfc3339(),
+                    server_now.to_rfc3339()
+                ));
+                continue;
+            }
             plan.tasks.push(Task {
                 partition: p.name.clone(),
                 lower: p.lower,
@@ -220,12 +237,26 @@ mod tests {
     fn expires_wholly_old_partitions_oldest_first_up_to_max() {
         let now = t("2026-11-25T12:00:00Z");
         // cutoff 2026-05-25: January..April end before it; May ends 06-01, after it.
-        let p = plan(&table(Some(Retention::Months(6))), &months(), &[], now, 3);
+        let p = plan(
+            &table(Some(Retention::Months(6))),
+            &months(),
+            &[],
+            now,
+            now,
+            3,
+        );
         let names: Vec<&str> = p.tasks.iter().map(|t| t.partition.name.as_str()).collect();
         assert_eq!(names, ["moh_2026_01", "moh_2026_02", "moh_2026_03"]);
         assert!(p.tasks.iter().all(|t| t.start == Start::Attached));
         assert_eq!(p.notes.len(), 1, "{:?}", p.notes);
-        let p = plan(&table(Some(Retention::Months(6))), &months(), &[], now, 10);
+        let p = plan(
+            &table(Some(Retention::Months(6))),
+            &months(),
+            &[],
+            now,
+            now,
+            10,
+        );
         assert_eq!(p.tasks.len(), 4);
         assert!(p.notes.is_empty());
     }
@@ -233,9 +264,16 @@ mod tests {
     #[test]
     fn never_expires_current_or_future_partitions() {
         let now = t("2026-11-25T12:00:00Z");
-        let p = plan(&table(Some(Retention::Days(1))), &months(), &[], now, 100);
+        let p = plan(
+            &table(Some(Retention::Days(1))),
+            &months(),
+            &[],
+            now,
+            now,
+            100,
+        );
         assert_eq!(p.tasks.last().unwrap().partition.name, "moh_2026_10");
-        let p = plan(&table(None), &months(), &[], now, 100);
+        let p = plan(&table(None), &months(), &[], now, now, 100);
         assert!(p.tasks.is_empty());
     }
 
@@ -272,6 +310,7 @@ mod tests {
             &snap,
             &unfinished,
             now,
+            now,
             3,
         );
         let got: Vec<(&str, Start)> = p
@@ -294,8 +333,32 @@ mod tests {
         let now = t("2026-11-25T12:00:00Z");
         let mut snap = months();
         snap.partitions[9].detach_pending = true; // October: not expired
-        let p = plan(&table(Some(Retention::Months(6))), &snap, &[], now, 10);
+        let p = plan(&table(Some(Retention::Months(6))), &snap, &[], now, now, 10);
         assert!(p.tasks.iter().all(|t| t.partition.name != "moh_2026_10"));
         assert!(p.notes[0].contains("moh_2026_10 is pending detach but not expired"));
+    }
+
+    #[test]
+    fn a_clock_far_ahead_never_expires_what_holds_the_servers_now() {
+        let server_now = t("2026-11-15T12:00:00Z");
+        let ahead = t("2027-09-15T12:00:00Z");
+        let p = plan(
+            &table(Some(Retention::Months(6))),
+            &months(),
+            &[],
+            ahead,
+            server_now,
+            100,
+        );
+        assert!(
+            p.tasks.iter().all(|t| t.upper.unwrap() <= server_now),
+            "{p:?}"
+        );
+        assert!(
+            p.notes
+                .iter()
+                .any(|n| n.contains("holds or follows the database server's now")),
+            "{p:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 //! - [`config`]: `config.toml` and `PARTWARDEN__*` overrides into a validated [`config::Config`].
 //! - [`ident`]: identifiers from configuration, validated and quoted.
 //! - [`period`]: UTC calendar arithmetic for daily, weekly and monthly partitions.
+//! - [`clock`]: the database server's clock, and the host's compared with it.
 //! - [`db`]: opening sessions (UTC, timeouts, no secrets in errors).
 //! - [`catalog`]: snapshots of tables, partitions and indexes from `pg_catalog`.
 //! - [`shape`]: the odds tables' expected shape, compared field by field.
@@ -21,6 +22,7 @@ pub mod bootstrap;
 pub mod catalog;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod copyfmt;
 pub mod daemon;

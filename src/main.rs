@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             Mode::Bootstrap => {
                 let opts = bootstrap::Options {
                     dry_run: args.dry_run,
-                    now: args.now(),
+                    now: args.now,
                 };
                 match bootstrap::run(&config, opts, &mut stdout).await {
                     Ok(summary) => {
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             Mode::RunOnce => {
                 let opts = pass::Options {
                     dry_run: args.dry_run,
-                    now: args.now(),
+                    now: args.now,
                 };
                 match pass::run_once(&config, opts, &mut stdout).await {
                     Ok(report) => {
@@ -96,7 +96,7 @@ fn main() -> ExitCode {
                 }
             },
             Mode::Check => {
-                let report = check::run(&config, args.now()).await;
+                let report = check::run(&config, args.now).await;
                 print(&mut stdout, args.format, &report, report.to_text(check::colour()));
                 report.status.exit_code()
             }

@@ -24,6 +24,7 @@ use tokio_postgres::{Client, Transaction};
 
 use crate::archive::{self, Manifest};
 use crate::catalog::{self, RelName, TableSnapshot};
+use crate::clock::Clocks;
 use crate::config::{Config, OnExpiry, TableConfig};
 use crate::db::{self, ConnectError, error_text};
 use crate::ddl::{self, DdlPolicy};
@@ -48,8 +49,10 @@ pub const ARCHIVE_SCHEMA: &str = "partwarden_archive";
 pub struct Options {
     /// Print the plan and change nothing.
     pub dry_run: bool,
-    /// The clock.
-    pub now: DateTime<Utc>,
+    /// The instant to plan for; `None` (always, but in a `--dry-run --now`): the database
+    /// server's clock. Expiry never touches the partition holding the server's now, whatever
+    /// this says.
+    pub now: Option<DateTime<Utc>>,
 }
 
 /// What a pass did to one table.
@@ -301,7 +304,31 @@ pub async fn run(
         dry_run: opts.dry_run,
         tables: config.tables.iter().map(TableReport::new).collect(),
     };
-    let started_at = Utc::now();
+    let clocks = match Clocks::read(&*client).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("reading the server's clock: {}", error_text(&e));
+            for tr in &mut report.tables {
+                tr.errors.push(msg.clone());
+            }
+            return report;
+        }
+    };
+    if let Err(why) = clocks.check(config.database.max_clock_skew) {
+        for tr in &mut report.tables {
+            if opts.dry_run {
+                tr.notes.push(why.clone());
+            } else {
+                tr.errors.push(why.clone());
+            }
+        }
+        if !opts.dry_run {
+            tracing::error!("{why}");
+            return report;
+        }
+    }
+    let now = opts.now.unwrap_or(clocks.server);
+    let started_at = clocks.server;
     // The archive directory exists from the first pass on, so that --check can tell a missing
     // one (removed, unmounted) from one that was never needed yet.
     if !opts.dry_run
@@ -324,7 +351,9 @@ pub async fn run(
     let mut ctx = Ctx {
         config,
         policy: &policy,
-        opts,
+        dry_run: opts.dry_run,
+        now,
+        server_now: clocks.server,
         stop,
         out,
     };
@@ -357,9 +386,7 @@ pub async fn run(
         for (i, table) in config.tables.iter().enumerate() {
             let tr = &mut report.tables[i];
             match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
-                Ok(snap) if snap.exists => {
-                    tr.runway = Some(premake::runway(table, &snap, opts.now))
-                }
+                Ok(snap) if snap.exists => tr.runway = Some(premake::runway(table, &snap, now)),
                 Ok(_) => {}
                 Err(e) => tr
                     .errors
@@ -394,8 +421,12 @@ pub struct Ctx<'a> {
     pub config: &'a Config,
     /// Lock timeout and retries of DDL.
     pub policy: &'a DdlPolicy,
-    /// Dry run and clock.
-    pub opts: Options,
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// The instant plans are made for (the server's clock, or `--now` in a dry run).
+    pub now: DateTime<Utc>,
+    /// The server's clock: expiry never touches the partition holding it or a later one.
+    pub server_now: DateTime<Utc>,
     /// Set to stop between steps.
     pub stop: &'a AtomicBool,
     /// Where `--dry-run` prints the plan.
@@ -410,7 +441,7 @@ pub async fn premake_table(
     snap: &TableSnapshot,
     tr: &mut TableReport,
 ) -> bool {
-    let creates = match premake::plan(table, snap, ctx.opts.now) {
+    let creates = match premake::plan(table, snap, ctx.now) {
         Ok(c) => c,
         Err(e) => {
             tr.errors.push(e);
@@ -424,7 +455,7 @@ pub async fn premake_table(
                 .push("stopping: the remaining partitions are left to the next pass".into());
             break;
         }
-        if ctx.opts.dry_run {
+        if ctx.dry_run {
             let _ = writeln!(ctx.out, "{}", c.action.to_sql(ctx.policy));
             tr.created.push(c.partition.to_string());
             continue;
@@ -480,7 +511,7 @@ async fn repair_indexes(
         if ctx.stop.load(Ordering::SeqCst) {
             break;
         }
-        if ctx.opts.dry_run {
+        if ctx.dry_run {
             let mut text = format!("-- {}\n", repair.label());
             for st in repair.statements() {
                 text.push_str(&st);
@@ -587,7 +618,8 @@ async fn expire_table(
         table,
         &snap,
         &unfinished,
-        ctx.opts.now,
+        ctx.now,
+        ctx.server_now,
         ctx.config.maintenance.max_expired_per_pass,
     );
     tr.notes.extend(plan.notes);
@@ -598,7 +630,7 @@ async fn expire_table(
                 .push("stopping: the remaining expiries are left to the next pass".into());
             break;
         }
-        if ctx.opts.dry_run {
+        if ctx.dry_run {
             let _ = writeln!(
                 ctx.out,
                 "{}",

@@ -32,7 +32,7 @@ async fn run(
         config,
         Options {
             dry_run: false,
-            now,
+            now: Some(now),
         },
         &mut out,
     )

@@ -297,3 +297,79 @@ async fn a_change_just_before_the_drop_is_caught_under_its_lock() {
         ]
     );
 }
+
+/// Runs the real binary under libfaketime with its clock shifted by `offset` (`+240d`).
+fn partwarden_at(offset: &str, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new("faketime")
+        .args(["-f", offset, env!("CARGO_BIN_EXE_partwarden")])
+        .args(args)
+        .env_remove("PARTWARDEN_CONFIG")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("faketime (Debian package faketime) runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue item 3: expiry was planned from the host's clock. A host clock months ahead expired
+/// the partition being written now; `--dry-run --now` showed its DETACH and DROP.
+#[tokio::test]
+async fn a_host_clock_months_ahead_expires_nothing() {
+    let db = TestDb::new("clock_ahead").await;
+    let config = db.write_config("", "");
+    bootstrap_cli(&config);
+    let c = db.client().await;
+    let current = name(0);
+    c.batch_execute(&format!(
+        "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at)
+         VALUES (1, 'betpawa', 'm', '[]', now())"
+    ))
+    .await
+    .unwrap();
+    let before = crate::support::catalog_dump(&c).await;
+
+    // A dry run told that it is 8 months later plans no expiry of the current month.
+    let later = (chrono::Utc::now() + Months::new(8)).to_rfc3339();
+    let (code, out, err) = partwarden(
+        &[
+            "--config",
+            path_str(&config),
+            "--run-once",
+            "--dry-run",
+            "--now",
+            &later,
+        ],
+        &[],
+    );
+    assert!(code == 0 || code == 1, "{out}{err}");
+    assert!(
+        !out.contains(&format!("DETACH PARTITION \"public\".\"{current}\"")),
+        "the partition holding the server's now() is never expired: {out}"
+    );
+
+    // The host clock 8 months ahead: no DDL at all, and a clear error.
+    let (code, out, err) = partwarden_at("+240d", &["--config", path_str(&config), "--run-once"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("clock") && out.contains("max_clock_skew"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        crate::support::catalog_dump(&c).await,
+        before,
+        "nothing changed"
+    );
+    assert!(db.exists(&current).await);
+
+    // --check says critical, naming the clocks.
+    let (code, out, _) = partwarden_at("+240d", &["--config", path_str(&config), "--check"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("clock"), "{out}");
+    // And with the clocks in agreement, all is well.
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+}

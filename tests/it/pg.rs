@@ -396,7 +396,7 @@ impl TestDb {
     pub async fn bootstrap(&self, config: &Config) {
         let opts = partwarden::bootstrap::Options {
             dry_run: false,
-            now: chrono::Utc::now(),
+            now: None,
         };
         let summary = partwarden::bootstrap::run(config, opts, &mut std::io::sink())
             .await
@@ -415,7 +415,7 @@ impl TestDb {
 pub async fn run_pass(client: &mut Client, config: &Config) -> partwarden::pass::Report {
     let opts = partwarden::pass::Options {
         dry_run: false,
-        now: chrono::Utc::now(),
+        now: None,
     };
     let never = std::sync::atomic::AtomicBool::new(false);
     partwarden::pass::run(client, config, opts, &never, &mut std::io::sink()).await

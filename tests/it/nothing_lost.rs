@@ -324,10 +324,10 @@ async fn a_host_clock_months_ahead_expires_nothing() {
     bootstrap_cli(&config);
     let c = db.client().await;
     let current = name(0);
-    c.batch_execute(&format!(
+    c.batch_execute(
         "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at)
-         VALUES (1, 'betpawa', 'm', '[]', now())"
-    ))
+         VALUES (1, 'betpawa', 'm', '[]', now())",
+    )
     .await
     .unwrap();
     let before = crate::support::catalog_dump(&c).await;

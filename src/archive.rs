@@ -704,7 +704,10 @@ pub async fn table_digest(
 }
 
 /// Streams the archive's rows into `table` with `COPY ... FROM STDIN` using the manifest's
-/// column list. Returns the rows the server reports.
+/// column list, reading the file once: the bytes that reach the server are the bytes whose
+/// size, SHA-256, row count and content digest are checked against the manifest, after the
+/// COPY and before the caller commits. A mismatch is an error, and the caller's transaction
+/// (which the caller then drops) rolls the load back. Returns the rows loaded.
 pub async fn copy_into(
     client: &tokio_postgres::Transaction<'_>,
     manifest_path: &Path,
@@ -725,33 +728,92 @@ pub async fn copy_into(
     futures_util::pin_mut!(sink);
     let (sender, mut receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, ArchiveError>>(CHANNEL_CHUNKS);
+    let path = data.clone();
     let reader = tokio::task::spawn_blocking(move || {
         let result = (|| {
-            let file = File::open(&data).map_err(io("opening archive", &data))?;
-            let mut decoder = zstd::Decoder::new(file).map_err(io("reading archive", &data))?;
-            loop {
-                let mut buf = vec![0u8; 1 << 16];
-                let n = decoder
-                    .read(&mut buf)
-                    .map_err(io("decompressing archive", &data))?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.truncate(n);
-                if sender.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                    return Ok(());
+            let file = File::open(&path).map_err(io("opening archive", &path))?;
+            let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+            let mut counter = RowCounter::new(None);
+            let mut digest = ContentDigest::new();
+            {
+                let mut decoder = zstd::Decoder::with_buffer(&mut hashing)
+                    .map_err(io("reading archive", &path))?;
+                loop {
+                    let mut buf = vec![0u8; 1 << 16];
+                    let n = decoder
+                        .read(&mut buf)
+                        .map_err(io("decompressing archive", &path))?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.truncate(n);
+                    counter.feed(&buf);
+                    digest.feed(&buf);
+                    if sender.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return Ok(None); // the COPY failed; its error is reported
+                    }
                 }
             }
+            std::io::copy(&mut hashing, &mut std::io::sink())
+                .map_err(io("reading archive", &path))?;
+            let (_, sha, bytes) = hashing.finish();
+            Ok(Some((sha, bytes, counter, digest)))
         })();
-        if let Err(e) = result {
-            let _ = sender.blocking_send(Err(e));
+        match result {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = sender.blocking_send(Err(e));
+                None
+            }
         }
     });
     while let Some(chunk) = receiver.recv().await {
         sink.send(chunk?).await.map_err(db("COPY FROM STDIN"))?;
     }
-    reader.await.expect("archive reader thread does not panic");
-    sink.as_mut().finish().await.map_err(db("COPY FROM STDIN"))
+    let read = reader.await.expect("archive reader thread does not panic");
+    let loaded = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(db("COPY FROM STDIN"))?;
+    let Some((sha, bytes, counter, digest)) = read else {
+        return Err(ArchiveError::Mismatch {
+            path: data,
+            message: "the archive reader stopped early".into(),
+        });
+    };
+    let mismatch = |message: String| ArchiveError::Mismatch {
+        path: data.clone(),
+        message,
+    };
+    if bytes != m.compressed_bytes {
+        return Err(mismatch(format!(
+            "{bytes} bytes, manifest says {}",
+            m.compressed_bytes
+        )));
+    }
+    if sha != m.sha256 {
+        return Err(mismatch(format!(
+            "SHA-256 {sha}, manifest says {}",
+            m.sha256
+        )));
+    }
+    let rows = counter.finish().map_err(&mismatch)?;
+    if rows != m.rows || loaded != m.rows {
+        return Err(mismatch(format!(
+            "{rows} rows read, {loaded} loaded, manifest says {}",
+            m.rows
+        )));
+    }
+    if let Some(expected) = &m.content_digest {
+        let (_, content) = digest.finish().map_err(&mismatch)?;
+        if &content != expected {
+            return Err(mismatch(format!(
+                "content digest {content}, manifest says {expected}"
+            )));
+        }
+    }
+    Ok(loaded)
 }
 
 /// A writer that hashes and counts what passes through it.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Parser, ValueEnum};
 
+use crate::ident::QualifiedName;
+
 /// Keeps a PostgreSQL odds store's partitions ahead of time, expires old ones with verified
 /// archives, and checks routing and index health.
 #[derive(Debug, Parser)]
@@ -40,6 +42,11 @@ pub struct Args {
     /// Restore an archived partition from its manifest.
     #[arg(long, group = "mode", value_name = "ARCHIVE")]
     pub restore: Option<PathBuf>,
+
+    /// With --restore: the partitioned table to restore into, instead of the manifest's (which
+    /// must otherwise be a configured table).
+    #[arg(long, value_name = "SCHEMA.TABLE", value_parser = parse_target, requires = "restore")]
+    pub target: Option<QualifiedName>,
 
     /// Print what would be done (every SQL statement, in order) and change nothing.
     #[arg(long)]
@@ -93,6 +100,10 @@ impl Args {
             Mode::Daemon
         }
     }
+}
+
+fn parse_target(s: &str) -> Result<QualifiedName, String> {
+    QualifiedName::parse(s)
 }
 
 fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {

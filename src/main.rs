@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Mode::Restore(manifest) => match restore::run(&config, &manifest, args.dry_run, &mut stdout).await {
+            Mode::Restore(manifest) => match restore::run(&config, &manifest, args.target.as_ref(), args.dry_run, &mut stdout).await {
                 Ok(outcome) => {
                     print(&mut stdout, args.format, &outcome, outcome.to_text());
                     EXIT_OK

@@ -1,11 +1,21 @@
 //! `--restore MANIFEST`: bring an archived partition back.
 //!
-//! The archive file is checked against its manifest (size, SHA-256, row count) before the
-//! database is touched. When the parent table still exists with the same columns and the
-//! archived range is free, the partition is recreated under its old name and attached back
-//! with the low-lock recipe (load standalone, validated CHECK, ATTACH, drop the CHECK).
-//! Otherwise it is restored as a standalone table in schema `partwarden_archive`, and the
-//! output says so. Either way the row count is checked after loading.
+//! A manifest is untrusted input: its SHA-256 covers the data file, not the manifest itself,
+//! so anyone who can write to the archive directory can write one. Nothing from it reaches SQL
+//! as text but names, which are validated and quoted:
+//! - the parent is a configured table (or the one the operator names with `--target`);
+//! - the restored table goes into the parent's schema (attached back) or `partwarden_archive`,
+//!   never into a schema the manifest names;
+//! - column types are compared with the parent's, or resolved by the server (`to_regtype`, then
+//!   `format_type` of the type it found), never spliced;
+//! - the file is read once, inside the loading transaction: the bytes COPY sends are hashed
+//!   and counted as they go, and the transaction is rolled back unless size, SHA-256, row count
+//!   and content digest all match the manifest.
+//!
+//! When the parent still exists with the same columns and the archived range is free, the
+//! partition is recreated under its old name and attached back with the low-lock recipe (load
+//! standalone, validated CHECK, ATTACH, drop the CHECK). Otherwise it is restored as a
+//! standalone table in schema `partwarden_archive`, and the output says so.
 
 use std::io::Write;
 use std::path::Path;
@@ -19,7 +29,7 @@ use crate::catalog::{self, RelName};
 use crate::config::Config;
 use crate::db::{self, ConnectError, error_text};
 use crate::ddl::{self, DdlError, DdlPolicy};
-use crate::ident::quote_ident;
+use crate::ident::{QualifiedName, quote_ident};
 use crate::ledger::{self, Event, Step};
 use crate::pass::{self, ARCHIVE_SCHEMA, PassError};
 use crate::period::sql_timestamp;
@@ -81,15 +91,42 @@ pub enum RestoreError {
     Refused(String),
 }
 
-/// Restores the archive described by `manifest_path`.
+/// Longest name PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_NAME_BYTES: usize = 63;
+
+/// Restores the archive described by `manifest_path` into its table, or into `target` when
+/// the operator names one.
 pub async fn run(
     config: &Config,
     manifest_path: &Path,
+    target: Option<&QualifiedName>,
     dry_run: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<Outcome, RestoreError> {
     let m = archive::read_manifest(manifest_path)?;
-    let rows = archive::check_file(manifest_path, &m).await?;
+    let parent = match target {
+        Some(t) => RelName::from(t),
+        None => {
+            let named = QualifiedName::parse(&m.table).map_err(|e| {
+                RestoreError::Refused(format!("the manifest's table {:?}: {e}", m.table))
+            })?;
+            if !config.tables.iter().any(|t| t.name == named) {
+                return Err(RestoreError::Refused(format!(
+                    "the manifest's table {named} is not a configured table; name the table to restore into with --target SCHEMA.TABLE"
+                )));
+            }
+            RelName::from(&named)
+        }
+    };
+    let partition_name = checked_name("partition_name", &m.partition_name)?;
+    for c in &m.columns {
+        checked_name("column name", &c.name)?;
+    }
+    if dry_run {
+        // Nothing is loaded: read the file once to say whether it would load.
+        archive::check_file(manifest_path, &m).await?;
+    }
+    let rows = m.rows;
     let mut client = db::connect(&config.database).await?;
     pass::require_current_schema(&client).await?;
     if !dry_run {
@@ -98,20 +135,9 @@ pub async fn run(
             .map_err(RestoreError::Refused)?;
     }
     let policy = DdlPolicy::from_config(&config.database);
-
-    let (parent_schema, parent_name) = m.table.split_once('.').ok_or_else(|| {
-        RestoreError::Refused(format!(
-            "manifest names table {:?}, expected schema.table",
-            m.table
-        ))
-    })?;
-    let parent = RelName {
-        schema: parent_schema.into(),
-        name: parent_name.into(),
-    };
     let target = RelName {
-        schema: m.partition_schema.clone(),
-        name: m.partition_name.clone(),
+        schema: parent.schema.clone(),
+        name: partition_name.clone(),
     };
     let snap = catalog::snapshot(&client, &parent).await?;
     let columns_match = {
@@ -135,6 +161,11 @@ pub async fn run(
         .get(0);
     let attach_refusal = if !snap.exists || snap.relkind != Some('p') {
         Some(format!("{parent} is not a partitioned table any more"))
+    } else if snap.range_key_column() != Some(m.partition_key.as_str()) {
+        Some(format!(
+            "{parent} is not partitioned by {:?} any more",
+            m.partition_key
+        ))
     } else if !columns_match {
         Some(format!("{parent}'s columns differ from the archive's"))
     } else if m.lower.is_none() || m.upper.is_none() {
@@ -164,7 +195,7 @@ pub async fn run(
         Some(why) => (
             RelName {
                 schema: ARCHIVE_SCHEMA.into(),
-                name: m.partition_name.clone(),
+                name: partition_name.clone(),
             },
             false,
             format!("restored standalone in {ARCHIVE_SCHEMA} because {why}"),
@@ -209,7 +240,7 @@ pub async fn run(
             parent.quoted()
         )
     } else {
-        create_from_manifest(&restored_as, &m)?
+        create_from_manifest(&client, &restored_as, &m).await?
     };
     if dry_run {
         let _ = writeln!(
@@ -237,22 +268,24 @@ pub async fn run(
         return Ok(outcome);
     }
 
-    // Load: one transaction, so a failed or short load leaves nothing behind.
+    // Load: one transaction, so a failed, short or mismatching load leaves nothing behind.
     let started_at = Utc::now();
     let need_schema = !attached && !pass::schema_exists(&client, ARCHIVE_SCHEMA).await?;
     {
         let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT set_config('lock_timeout', $1, true)",
+            &[&format!("{}ms", policy.lock_timeout.as_millis())],
+        )
+        .await?;
         if need_schema {
             tx.batch_execute(&format!("CREATE SCHEMA {ARCHIVE_SCHEMA}"))
                 .await?;
         }
         tx.batch_execute(&create).await?;
-        let loaded = archive::copy_into(&tx, manifest_path, &m, &restored_as).await?;
-        if loaded != rows {
-            return Err(RestoreError::Refused(format!(
-                "loaded {loaded} rows but the archive holds {rows}; rolled back"
-            )));
-        }
+        // Checks size, SHA-256, rows and content digest of what it sent; on a mismatch the
+        // transaction is dropped here, unfinished: rolled back.
+        archive::copy_into(&tx, manifest_path, &m, &restored_as).await?;
         if attached {
             // The validated CHECK that lets ATTACH skip its scan.
             tx.batch_execute(&attach_sql(&parent, &restored_as, &m)[0])
@@ -328,26 +361,41 @@ fn attach_sql(parent: &RelName, t: &RelName, m: &Manifest) -> Vec<String> {
     ]
 }
 
-/// `CREATE TABLE` from the manifest's columns, for when the parent is gone or changed. Type
-/// names come from a file, so they are checked against the shape `format_type` produces.
-fn create_from_manifest(t: &RelName, m: &Manifest) -> Result<String, RestoreError> {
+/// A name from the manifest, to be quoted: 1 to 63 bytes, no control characters.
+fn checked_name(what: &str, name: &str) -> Result<String, RestoreError> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(RestoreError::Refused(format!(
+            "the manifest's {what} {name:?} is not a PostgreSQL name (1 to {MAX_NAME_BYTES} bytes, no control characters)"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+/// `CREATE TABLE` from the manifest's columns, for when the parent is gone or changed. The type
+/// of each column is resolved by the server (`to_regtype`, which only parses a type name and
+/// runs nothing), and what goes into the statement is the server's own `format_type` of the
+/// type it found, never the manifest's text. Type modifiers (`numeric(10,2)`) are dropped: the
+/// restored column is the unconstrained type, which holds every archived value.
+async fn create_from_manifest(
+    client: &tokio_postgres::Client,
+    t: &RelName,
+    m: &Manifest,
+) -> Result<String, RestoreError> {
     let mut cols = Vec::new();
     for c in &m.columns {
-        let ok = c
-            .data_type
-            .chars()
-            .next()
-            .is_some_and(|ch| ch.is_ascii_lowercase())
-            && c.data_type
-                .chars()
-                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || " _(),[]".contains(ch));
-        if !ok {
-            return Err(RestoreError::Refused(format!(
-                "manifest column {:?} has type {:?}, which is not a plain type name",
+        let unknown = || {
+            RestoreError::Refused(format!(
+                "the manifest's column {:?} has type {:?}, which is not a type this server knows",
                 c.name, c.data_type
-            )));
-        }
-        cols.push(format!("{} {}", quote_ident(&c.name), c.data_type));
+            ))
+        };
+        let resolved: Option<String> = client
+            .query_one("SELECT format_type(to_regtype($1), NULL)", &[&c.data_type])
+            .await
+            .map_err(|_| unknown())?
+            .get(0);
+        let resolved = resolved.ok_or_else(unknown)?;
+        cols.push(format!("{} {resolved}", quote_ident(&c.name)));
     }
     Ok(format!("CREATE TABLE {} ({})", t.quoted(), cols.join(", ")))
 }

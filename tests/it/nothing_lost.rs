@@ -373,3 +373,157 @@ async fn a_host_clock_months_ahead_expires_nothing() {
     let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// An expired and archived partition 8 months ago; returns (config, manifest path, rows hash).
+async fn archived(db: &TestDb) -> (PathBuf, PathBuf, String) {
+    let config = db.write_config("", "");
+    bootstrap_cli(&config);
+    let c = db.client().await;
+    let hash = old_partition(&c, 8).await;
+    let (code, out, err) = run_once(&config, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!db.exists(&name(8)).await);
+    let manifest = table_dir(db).join(format!("public.{}.manifest.json", name(8)));
+    assert!(manifest.exists());
+    (config, manifest, hash)
+}
+
+/// Rewrites the manifest at `path` with `edit` applied to its JSON.
+fn edit_manifest(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+}
+
+fn restore(config: &Path, manifest: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "--config",
+        path_str(config),
+        "--restore",
+        path_str(manifest),
+    ];
+    args.extend_from_slice(extra);
+    partwarden(&args, &[])
+}
+
+/// Issue item 2: a manifest is untrusted input. A column type written as
+/// `bigint check (<expression>)` passed the character filter, went into CREATE TABLE, and its
+/// expression ran for every restored row (here: it would create large object 4242).
+#[tokio::test]
+async fn restore_never_runs_sql_from_a_manifest() {
+    let db = TestDb::new("restore_hostile_type").await;
+    let (config, manifest, _) = archived(&db).await;
+    edit_manifest(&manifest, |m| {
+        m["columns"][1]["type"] = "bigint check (lo_create(4242) is not null)".into();
+    });
+    let (code, out, err) = restore(&config, &manifest, &[]);
+    let c = db.client().await;
+    let lo: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4242",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(lo, 0, "the manifest's expression ran: {out}{err}");
+    assert_ne!(code, 0, "an unknown type is refused: {out}{err}");
+    assert!(err.contains("type"), "{err}");
+    assert!(!db.exists(&format!("partwarden_archive.{}", name(8))).await);
+}
+
+/// Issue item 2: the manifest's schema field chose where the restored table went, and the
+/// table was attached to the live parent from there.
+#[tokio::test]
+async fn restore_goes_only_to_the_tables_schema_or_partwarden_archive() {
+    let db = TestDb::new("restore_schema").await;
+    let (config, manifest, hash) = archived(&db).await;
+    edit_manifest(&manifest, |m| {
+        m["partition_schema"] = "partwarden".into();
+    });
+    let (code, out, err) = restore(&config, &manifest, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !db.exists(&format!("partwarden.{}", name(8))).await,
+        "restored into the manifest's schema: {out}"
+    );
+    assert!(out.contains(&format!("public.{}", name(8))), "{out}");
+    let c = db.client().await;
+    assert_eq!(table_hash(&c, &format!("public.{}", name(8))).await, hash);
+}
+
+/// Issue item 2: the manifest's table must be a configured table, unless the operator names
+/// the target on the command line.
+#[tokio::test]
+async fn restore_refuses_a_table_that_is_not_configured_unless_named() {
+    let db = TestDb::new("restore_unconfigured").await;
+    let (config, manifest, hash) = archived(&db).await;
+    edit_manifest(&manifest, |m| {
+        m["table"] = "public.somebody_elses".into();
+    });
+    let (code, out, err) = restore(&config, &manifest, &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("not a configured table"), "{err}");
+    assert!(!db.exists(&format!("partwarden_archive.{}", name(8))).await);
+    // Named by the operator: it goes where the operator said.
+    let (code, out, err) = restore(
+        &config,
+        &manifest,
+        &["--target", "public.market_odds_history"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let c = db.client().await;
+    assert_eq!(table_hash(&c, &format!("public.{}", name(8))).await, hash);
+}
+
+/// Issue "also, from reading": `--restore /dev/zero` read an unbounded manifest.
+#[tokio::test]
+async fn restore_of_an_endless_file_fails_at_once() {
+    let db = TestDb::new("restore_dev_zero").await;
+    let config = db.write_config("", "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_partwarden"))
+        .args(["--config", path_str(&config), "--restore", "/dev/zero"])
+        .env_remove("PARTWARDEN_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = status.expect("--restore /dev/zero still reading after 10 s");
+    assert_eq!(status.code(), Some(1));
+}
+
+/// Issue item 2: the data loaded is the data verified. A data file that does not match its
+/// manifest (here: a row appended, and the manifest's size and SHA-256 left as they were)
+/// leaves nothing behind.
+#[tokio::test]
+async fn restore_of_a_file_that_does_not_match_leaves_nothing() {
+    let db = TestDb::new("restore_mismatch").await;
+    let (config, manifest, _) = archived(&db).await;
+    let data = manifest.with_file_name(format!("public.{}.pgcopy.zst", name(8)));
+    let mut bytes = Vec::new();
+    zstd::Decoder::new(std::fs::File::open(&data).unwrap())
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes.extend_from_slice(b"424242\t1\tbetpawa\tm\t\\N\t[]\t2020-01-01 00:00:00+00\n");
+    std::fs::remove_file(&data).unwrap();
+    std::fs::write(&data, zstd::encode_all(&bytes[..], 3).unwrap()).unwrap();
+    let (code, out, err) = restore(&config, &manifest, &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("does not verify"), "{err}");
+    assert!(!db.exists(&name(8)).await);
+    assert!(!db.exists(&format!("partwarden_archive.{}", name(8))).await);
+}

@@ -320,7 +320,7 @@ impl Config {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| {
-                let text = one_line(&redact_url(&e.to_string()));
+                let text = one_line(&redact_url(&scrub_secret_values(&e.to_string(), path)));
                 // The config crate appends the file name; ours is already at the front.
                 let text = text
                     .strip_suffix(&format!(" in {file}"))
@@ -389,10 +389,10 @@ impl RawDatabase {
         tls.client_config()
             .map_err(|e| format!("key `database.url`: {e}"))?;
         if let Err(e) = rest.parse::<tokio_postgres::Config>() {
+            // The string itself is never quoted: it may hold a password.
             return Err(format!(
-                "key `database.url`: not a valid PostgreSQL connection string ({}): {}",
-                one_line(&e.to_string()),
-                redact_url(&self.url)
+                "key `database.url`: not a valid PostgreSQL connection string ({})",
+                one_line(&redact_url(&e.to_string()))
             ));
         }
         let password = if self.password_file.is_empty() {
@@ -604,51 +604,143 @@ fn read_password_file(path: &Path) -> Result<String, String> {
     Ok(password)
 }
 
-/// Replaces the password of a URL (`postgresql://user:secret@host`), of a `password=` key or
-/// query parameter, with `***`. Applied to every message that may quote a connection string.
+/// Replaces passwords in anything that may quote a connection string with `***`: the
+/// credentials of a URL (`postgresql://user:secret@host`) and the value of a `password`
+/// parameter (key=value form, quoted or not, spaces around `=` allowed; URL query form).
+///
+/// It reads them the way tokio-postgres (and libpq) parse them, and where the two could
+/// disagree it hides more, never less: URL credentials run from the first `:` to the last
+/// `@` (an unescaped `@`, `/` or `?` in the password cannot end them early); an unquoted
+/// key=value value runs to unescaped white space, a URL query value to the next `&`.
 pub fn redact_url(s: &str) -> String {
-    let mut out = s.to_string();
-    // URL userinfo: scheme://user:password@host
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let rest = &out[rest_start..];
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@')
-            && let Some(colon) = rest[..at].find(':')
-        {
-            out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+    redact_password_params(&redact_url_credentials(s))
+}
+
+fn redact_url_credentials(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let after = &rest[i + 3..];
+        out.push_str(&rest[..i + 3]);
+        rest = after;
+        // tokio-postgres takes everything before the first `@` as `user[:password]`.
+        let (Some(first_at), Some(colon)) = (after.find('@'), after.find(':')) else {
+            continue;
+        };
+        if colon > first_at {
+            continue;
+        }
+        let last_at = after.rfind('@').expect("an @ was found");
+        out.push_str(&after[..colon + 1]);
+        out.push_str("***");
+        rest = &after[last_at..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_password_params(s: &str) -> String {
+    const KEY: &str = "password";
+    let mut out = String::with_capacity(s.len());
+    let mut from = 0;
+    let mut search = 0;
+    while let Some(found) = s[search..].find(KEY) {
+        let at = search + found;
+        search = at + KEY.len();
+        let before = s[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue;
+        }
+        let in_url_query = matches!(before, Some('?' | '&')) && s[..at].contains("://");
+        // Optional white space, `=`, optional white space.
+        let mut rest = s[search..].char_indices().peekable();
+        let mut eq = None;
+        while let Some(&(i, c)) = rest.peek() {
+            if c == '=' && eq.is_none() {
+                eq = Some(i);
+                rest.next();
+            } else if c.is_whitespace() && !in_url_query {
+                rest.next();
+            } else {
+                break;
+            }
+        }
+        if eq.is_none() {
+            continue;
+        }
+        let value_start = search + rest.peek().map_or(s.len() - search, |&(i, _)| i);
+        let value = &s[value_start..];
+        let len = if in_url_query {
+            value.find('&').unwrap_or(value.len())
+        } else {
+            libpq_value_len(value)
+        };
+        out.push_str(&s[from..value_start]);
+        out.push_str("***");
+        from = value_start + len;
+        search = from.max(search);
+    }
+    out.push_str(&s[from..]);
+    out
+}
+
+/// Bytes of a libpq key=value value at the start of `v`: quoted (to the closing unescaped
+/// `'`, or the end), or plain (to unescaped white space); a backslash escapes the next
+/// character in both.
+fn libpq_value_len(v: &str) -> usize {
+    let (quoted, body) = match v.strip_prefix('\'') {
+        Some(b) => (true, b),
+        None => (false, v),
+    };
+    let offset = usize::from(quoted);
+    let mut chars = body.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '\'' if quoted => return offset + i + 1,
+            c if !quoted && c.is_whitespace() => return i,
+            _ => {}
         }
     }
-    // key=value form and URL query parameters: password=secret
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(pos) = rest.find("password=") {
-        let value_start = pos + "password=".len();
-        result.push_str(&rest[..value_start]);
-        let value = &rest[value_start..];
-        let end = if let Some(quoted) = value.strip_prefix('\'') {
-            // libpq quoted value; backslash escapes a quote.
-            let mut end = None;
-            let mut escaped = false;
-            for (i, c) in quoted.char_indices() {
-                match c {
-                    '\\' if !escaped => escaped = true,
-                    '\'' if !escaped => {
-                        end = Some(i + 2);
-                        break;
-                    }
-                    _ => escaped = false,
-                }
+    v.len()
+}
+
+/// Error texts of the TOML parser quote the offending line of the file, escaped as it is
+/// there, and the environment source may quote a value: replaces, in `message`, the value of
+/// every `...url` or `...password...` key of the file and of `PARTWARDEN__*` variables with
+/// `***`, whatever the redactor could make of it.
+fn scrub_secret_values(message: &str, path: &Path) -> String {
+    let secret_key = |k: &str| {
+        let k = k.trim().to_ascii_lowercase();
+        k.ends_with("url") || k.contains("password")
+    };
+    let mut values: Vec<String> = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for line in text.lines() {
+            if let Some((k, v)) = line.split_once('=')
+                && secret_key(k)
+            {
+                values.push(v.trim().to_string());
+                values.push(v.trim().trim_matches(['"', '\'']).to_string());
             }
-            end.unwrap_or(value.len())
-        } else {
-            value.find([' ', '&', '\t', '\n']).unwrap_or(value.len())
-        };
-        result.push_str("***");
-        rest = &value[end..];
+        }
     }
-    result.push_str(rest);
-    result
+    for (k, v) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with(ENV_PREFIX) && secret_key(&k) {
+            values.push(v.to_string_lossy().into_owned());
+        }
+    }
+    values.retain(|v| v.len() >= 2);
+    // Longest first, so that a value inside another is not left half replaced.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = message.to_string();
+    for v in values {
+        out = out.replace(&v, "***");
+    }
+    out
 }
 
 fn one_line(s: &str) -> String {
@@ -677,6 +769,112 @@ mod tests {
         assert_eq!(
             redact_url("postgresql://app@db/odds"),
             "postgresql://app@db/odds"
+        );
+    }
+
+    /// Escapes `s` for a TOML basic string.
+    fn toml_escape(s: &str) -> String {
+        s.replace('\\', "\\\\").replace('"', "\\\"")
+    }
+
+    /// Every way a password can sit in a connection string, for `pw`.
+    fn connection_strings(pw: &str, ws_before: &str, ws_after: &str, port: &str) -> Vec<String> {
+        let url_enc = pw.replace('%', "%25").replace('@', "%40");
+        let query_enc = url_enc.replace('&', "%26");
+        let quoted = pw.replace('\\', "\\\\").replace('\'', "\\'");
+        let plain: String = pw
+            .chars()
+            .flat_map(|c| {
+                let escape = c.is_whitespace() || c == '\\' || c == '\'';
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .collect();
+        vec![
+            format!("postgresql://app:{url_enc}@127.0.0.1:{port}/odds"),
+            format!("postgresql://app:{pw}@127.0.0.1:{port}/odds"),
+            format!("postgresql://app@127.0.0.1:{port}/odds?password={query_enc}&sslmode=disable"),
+            format!(
+                "host=127.0.0.1 port={port} password{ws_before}={ws_after}'{quoted}' dbname=odds"
+            ),
+            format!("host=127.0.0.1 port={port} password{ws_before}={ws_after}{plain} dbname=odds"),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Issue "Nothing lost, nobody in", item 7: random passwords of every printable ASCII
+        /// character, in URL and key=value form, through every error path a configuration
+        /// can reach before a connection is made, and the connection error itself.
+        #[test]
+        fn no_password_reaches_an_error(
+            pw in "Zq[ -~]{6,24}",
+            ws_before in " {0,2}",
+            ws_after in " {0,2}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.toml");
+            let url_enc = pw.replace('%', "%25").replace('@', "%40");
+            let forms = [pw.clone(), url_enc.clone(), toml_escape(&pw), toml_escape(&url_enc)];
+            let shows = |text: &str| forms.iter().find(|f| text.contains(f.as_str())).cloned();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            for (i, url) in connection_strings(&pw, &ws_before, &ws_after, "notaport").iter().enumerate() {
+                proptest::prop_assert_eq!(shows(&redact_url(url)), None, "redact_url, form {}: {}", i, url);
+                // Invalid port: the validation error.
+                std::fs::write(&path, format!("[database]\nurl = \"{}\"\n", toml_escape(url))).unwrap();
+                let e = match Config::load(&path) {
+                    Err(e) => e.to_string(),
+                    // A raw `@` in a URL password moves the rest into the host part.
+                    Ok(c) => format!("{:?}", c.database),
+                };
+                proptest::prop_assert_eq!(shows(&e), None, "validation, form {}: {}", i, e);
+                // A TOML syntax error on the url's own line (unterminated string) and on another.
+                std::fs::write(&path, format!("[database]\nurl = \"{}\n", toml_escape(url))).unwrap();
+                let e = Config::load(&path).unwrap_err().to_string();
+                proptest::prop_assert_eq!(shows(&e), None, "TOML error, form {}: {}", i, e);
+                std::fs::write(&path, format!("[database]\nurl = \"{}\"\nurl = 1\n", toml_escape(url))).unwrap();
+                let e = Config::load(&path).unwrap_err().to_string();
+                proptest::prop_assert_eq!(shows(&e), None, "duplicate key, form {}: {}", i, e);
+            }
+            for (i, url) in connection_strings(&pw, &ws_before, &ws_after, "1").iter().enumerate() {
+                std::fs::write(&path, format!("[database]\nurl = \"{}\"\nconnect_timeout = \"1s\"\n", toml_escape(url))).unwrap();
+                let Ok(config) = Config::load(&path) else {
+                    // A raw `@` or `/` in a URL password can make it invalid: covered above.
+                    continue;
+                };
+                let debug = format!("{:?}", config.database);
+                proptest::prop_assert_eq!(shows(&debug), None, "Debug, form {}: {}", i, debug);
+                let e = runtime
+                    .block_on(crate::db::connect(&config.database))
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                proptest::prop_assert_eq!(shows(&e), None, "connect, form {}: {}", i, e);
+            }
+        }
+    }
+
+    #[test]
+    fn redacts_the_forms_that_leaked() {
+        assert_eq!(
+            redact_url("postgresql://app:pa?ss/w@db:5432/odds"),
+            "postgresql://app:***@db:5432/odds"
+        );
+        assert_eq!(
+            redact_url("host=db password = hunter2 user=app"),
+            "host=db password = *** user=app"
+        );
+        assert_eq!(
+            redact_url("host=db password=a\\ b user=app"),
+            "host=db password=*** user=app"
+        );
+        assert_eq!(
+            redact_url("postgresql://db/odds?password=a b&x=1"),
+            "postgresql://db/odds?password=***&x=1"
+        );
+        assert_eq!(
+            redact_url("no secrets: passwords=1"),
+            "no secrets: passwords=1"
         );
     }
 

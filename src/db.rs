@@ -42,7 +42,7 @@ pub fn pg_config(
     db: &DatabaseConfig,
 ) -> Result<(tokio_postgres::Config, TlsSettings), ConnectError> {
     let failed = |message: String| ConnectError::Failed {
-        target: db.redacted_url(),
+        target: "database.url".into(),
         message: redact_url(&message),
     };
     let (rest, tls) = crate::tls::split(&db.url).map_err(failed)?;

@@ -527,3 +527,86 @@ async fn restore_of_a_file_that_does_not_match_leaves_nothing() {
     assert!(!db.exists(&name(8)).await);
     assert!(!db.exists(&format!("partwarden_archive.{}", name(8))).await);
 }
+
+/// Issue item 7b: passwords with `?` in URL form and `password = x` (spaces) in key=value form
+/// were printed in configuration errors, which `--check` puts on stdout.
+#[tokio::test]
+async fn odd_passwords_never_reach_any_output() {
+    let db = TestDb::new("odd_passwords").await;
+    let secret_q = "Zq?pw/x&y=1";
+    let secret_kv = "Zk\\ey s=3";
+    let cases = [
+        // A URL password with `?`, and a bad port so that validation fails.
+        format!("[database]\nurl = \"postgresql://postgres:{secret_q}@127.0.0.1:notaport/odds\"\n"),
+        // Unreachable, so that the connection error is reported.
+        format!(
+            "[database]\nurl = \"postgresql://postgres:{secret_q}@127.0.0.1:1/odds\"\nconnect_timeout = \"1s\"\n"
+        ),
+        // key=value with spaces around `=` and an escaped space in the value.
+        format!(
+            "[database]\nurl = \"host=127.0.0.1 port=notaport password = {}\"\n",
+            secret_kv.replace('\\', "\\\\")
+        ),
+        format!(
+            "[database]\nurl = \"host=127.0.0.1 port=1 password = {} dbname=odds\"\nconnect_timeout = \"1s\"\n",
+            secret_kv.replace('\\', "\\\\")
+        ),
+    ];
+    let visible = ["Zq?pw", "x&y=1", "Zk", "ey s=3", "s=3"];
+    for (i, text) in cases.iter().enumerate() {
+        let path = db.dir.path().join(format!("odd{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        for args in [
+            vec!["--check"],
+            vec!["--run-once"],
+            vec!["--bootstrap", "--dry-run"],
+        ] {
+            let mut all = vec!["--config", path_str(&path)];
+            all.extend(args.iter().copied());
+            let (_, out, err) = partwarden(&all, &[]);
+            for v in visible {
+                assert!(
+                    !out.contains(v) && !err.contains(v),
+                    "case {i} {args:?} shows {v:?}:\n{out}{err}"
+                );
+            }
+        }
+    }
+}
+
+/// Issue item 7a: archive_command inherited the whole environment, PGPASSWORD and the
+/// database URL with its password among it.
+#[tokio::test]
+async fn archive_command_gets_no_database_secret() {
+    let db = TestDb::new("archive_command_env").await;
+    let seen = db.dir.path().join("env.txt");
+    let config = db.write_config(
+        "",
+        &format!("archive_command = \"env > {} ; : %p\"\n", seen.display()),
+    );
+    bootstrap_cli(&config);
+    let c = db.client().await;
+    old_partition(&c, 8).await;
+    // The harness's server trusts local connections: the password is carried, not checked.
+    let with_password = format!("{} password=Zs3cretZ", db.url);
+    let (code, out, err) = run_once(
+        &config,
+        &[
+            ("PGPASSWORD", "Zs3cretZ"),
+            ("PARTWARDEN__DATABASE__URL", &with_password),
+            ("SOME_TOOL_DSN", &with_password),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(!env.is_empty());
+    assert!(!env.contains("Zs3cretZ"), "{env}");
+    assert!(
+        !env.contains("PGPASSWORD") && !env.contains("PARTWARDEN__"),
+        "{env}"
+    );
+    assert!(
+        env.contains("PATH="),
+        "the rest of the environment is kept: {env}"
+    );
+}

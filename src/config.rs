@@ -70,8 +70,9 @@ pub struct MetricsConfig {
     pub listen: Option<std::net::SocketAddr>,
 }
 
-/// `[database]`: how to reach PostgreSQL and how patient to be with it.
-#[derive(Clone)]
+/// `[database]`: how to reach PostgreSQL and how patient to be with it. Compared as a whole
+/// (password included) on reload: any change means a new session.
+#[derive(Clone, PartialEq)]
 pub struct DatabaseConfig {
     /// URL or libpq `key=value` string. May hold a password: never print it, use
     /// [`DatabaseConfig::redacted_url`].
@@ -876,6 +877,38 @@ mod tests {
             redact_url("no secrets: passwords=1"),
             "no secrets: passwords=1"
         );
+    }
+
+    /// Issue "Nothing lost, nobody in", item 6: a rotated password_file was not noticed on
+    /// reload, because the change was looked for in the redacted `Debug` text.
+    #[test]
+    fn a_rotated_password_is_a_change_of_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        let cfg = dir.path().join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[database]\nurl = \"host=db user=app\"\npassword_file = \"{}\"\n",
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let write_pw = |p: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(&pw, p).unwrap();
+            std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        write_pw("first");
+        let before = Config::load(&cfg).unwrap().database;
+        write_pw("second");
+        let after = Config::load(&cfg).unwrap().database;
+        assert_eq!(
+            format!("{before:?}"),
+            format!("{after:?}"),
+            "Debug hides it"
+        );
+        assert_ne!(before, after);
     }
 
     #[test]

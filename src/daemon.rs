@@ -15,7 +15,14 @@
 //!
 //! **Outages.** An unreachable database never stops the daemon: it retries with capped
 //! exponential backoff (1 s to 60 s), logging each attempt, and resumes; a step interrupted by
-//! the outage is finished by the next pass (the ledger).
+//! the outage is finished by the next pass (the ledger). A database that stops *answering*
+//! (a stalled network path keeps the TCP connection open) cannot hold the loop either: every
+//! call the loop makes is bounded by `connect_timeout + statement_timeout` and races the
+//! shutdown signal, and while a pass runs the loop checks on a fresh connection every few
+//! seconds that the server still answers, abandoning the pass (its session is dropped) when
+//! it does not. SIGTERM is honoured within `shutdown_timeout` in any state, and the systemd
+//! watchdog is fed by the loop itself, on a monotonic clock, only while it turns and the
+//! scheduler ticks.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -26,7 +33,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
@@ -43,6 +50,55 @@ use crate::scheduler::{Gate, Outcomes, Schedule};
 const RECONNECT_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between connection attempts.
 const RECONNECT_CAP: Duration = Duration::from_secs(60);
+/// At shutdown, how long to wait for the leader lock's explicit release.
+const UNLOCK_WAIT: Duration = Duration::from_secs(1);
+/// While a pass runs: how often a fresh connection checks that the server still answers.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Unanswered probes in a row after which a running pass is abandoned.
+const PROBES_BEFORE_ABANDON: u32 = 2;
+
+/// What became of a bounded call of the loop.
+enum Bounded<T> {
+    /// It finished.
+    Done(T),
+    /// It did not answer within the bound.
+    TimedOut(Duration),
+    /// Shutdown was asked for meanwhile.
+    Shutdown,
+}
+
+/// Runs `fut` for at most `limit`, or until shutdown is asked for.
+async fn bounded<T>(
+    shutdown: &watch::Receiver<bool>,
+    limit: Duration,
+    fut: impl Future<Output = T>,
+) -> Bounded<T> {
+    let mut rx = shutdown.clone();
+    tokio::select! {
+        r = tokio::time::timeout(limit, fut) => match r {
+            Ok(v) => Bounded::Done(v),
+            Err(_) => Bounded::TimedOut(limit),
+        },
+        _ = rx.wait_for(|s| *s) => Bounded::Shutdown,
+    }
+}
+
+/// The bound of one call of the loop: a connection, then one statement.
+fn call_bound(config: &Config) -> Duration {
+    config.database.connect_timeout + config.database.statement_timeout
+}
+
+/// Whether a fresh session can be opened and answers `SELECT 1`, within `connect_timeout`
+/// each. A server that answers with an error (too many clients) is up.
+async fn probe(config: &Config) -> bool {
+    match db::connect(&config.database).await {
+        Ok(c) => matches!(
+            tokio::time::timeout(config.database.connect_timeout, c.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        ),
+        Err(e) => e.server_answered(),
+    }
+}
 
 /// Why the daemon could not start (after start, nothing stops it but a signal).
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +150,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| io("SIGTERM handler", e))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| io("SIGINT handler", e))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| io("SIGHUP handler", e))?;
+    // Shutdown is a value every bounded call can watch, not only the loop's select.
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = shutdown_tx.send(true);
+    });
     let mut metrics_server = start_metrics(&config).await?;
 
     let gate = Arc::new(Gate::default());
@@ -101,26 +166,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut schedule = Schedule::start(&config.maintenance.schedule, gate.clone(), tx.clone())
         .await
         .map_err(DaemonError::Schedule)?;
-    let heartbeat = schedule.heartbeat.clone();
-    let watchdog = notify::watchdog_interval().map(|every| {
-        let notifier = notifier.clone();
-        let heartbeat = heartbeat.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every / 2);
-            loop {
-                tick.tick().await;
-                let age = Utc::now().timestamp_millis() - heartbeat.load(Ordering::SeqCst);
-                if age < (crate::scheduler::HEARTBEAT_EVERY * 3).as_millis() as i64 {
-                    notifier.watchdog();
-                } else {
-                    tracing::error!(
-                        heartbeat_age_ms = age,
-                        "the scheduler has stopped ticking; not feeding the watchdog"
-                    );
-                }
-            }
-        })
-    });
+    // Fed from the loop itself: if the loop stops turning, systemd restarts the service.
+    let watchdog_every = notify::watchdog_interval().map(|every| every / 2);
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
+    let mut probe_tick = tokio::time::interval(PROBE_EVERY);
+    probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered_probes = 0u32;
     tracing::info!(schedule = %config.maintenance.schedule, tables = config.tables.len(), "partwarden daemon starting");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -132,14 +184,40 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut outcomes = Outcomes::default();
     let mut ready_sent = false;
     let mut last_pass = String::from("no pass yet");
+    // A reload changed the database settings while a pass ran: reconnect when it ends.
+    let mut reconnect_pending = false;
     // A pass runs as soon as this instance can (reconcile), then on schedule.
     let mut reconcile = true;
     set_status(&notifier, &role, &last_pass, &outcomes);
 
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = async { let mut rx = shutdown.clone(); rx.wait_for(|s| *s).await.map(|_| ()) } => break,
+            _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
+                if schedule.ticking() {
+                    notifier.watchdog();
+                } else {
+                    tracing::error!("the scheduler has stopped ticking; not feeding the watchdog");
+                }
+            }
+            _ = probe_tick.tick(), if running.is_some() => {
+                let answered = match bounded(&shutdown, call_bound(&config), probe(&config)).await {
+                    Bounded::Shutdown => break,
+                    Bounded::TimedOut(_) => false,
+                    Bounded::Done(ok) => ok,
+                };
+                unanswered_probes = if answered { 0 } else { unanswered_probes + 1 };
+                if unanswered_probes >= PROBES_BEFORE_ABANDON {
+                    tracing::error!(probes = unanswered_probes, "database unreachable: it has not answered a fresh connection for {} s; abandoning the pass in progress (its session is dropped; the next pass finishes its work)", (PROBE_EVERY * unanswered_probes).as_secs());
+                    running = None;
+                    gate.set_running(false);
+                    unanswered_probes = 0;
+                    outcomes.record(false);
+                    metrics::add(&metrics::PASSES_FAILED, 1);
+                    lost_session(&mut client, &mut role, &mut next_attempt);
+                    set_status(&notifier, &role, &last_pass, &outcomes);
+                }
+            }
             _ = sighup.recv() => {
                 match crate::config::Config::load(&config_path) {
                     Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the running configuration"),
@@ -163,31 +241,49 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                                 None
                             });
                         }
-                        if format!("{:?}", new.database) != format!("{:?}", config.database) && running.is_none() {
-                            // New connection settings: give up the session (and the lock) and
-                            // connect again with the new ones.
-                            client = None;
-                            metrics::LEADER.store(0, Ordering::SeqCst);
-                            role = Role::Disconnected("reconnecting with the reloaded settings".into());
-                            next_attempt = Instant::now();
+                        // New connection settings (the password from a rotated password_file
+                        // included): give up the session (and the lock) and connect again with
+                        // the new ones; a pass in progress finishes on its session first.
+                        if new.database != config.database {
+                            reconnect_pending = true;
                         }
                         config = new;
+                        if reconnect_pending && running.is_none() {
+                            reconnect_pending = false;
+                            reconnect(&mut client, &mut role, &mut next_attempt);
+                        }
                         tracing::info!("configuration reloaded");
                     }
                 }
             }
             _ = tokio::time::sleep_until(next_attempt), if client.is_none() && running.is_none() => {
-                match db::connect(&config.database).await {
+                let connected = match bounded(&shutdown, call_bound(&config), db::connect(&config.database)).await {
+                    Bounded::Shutdown => break,
+                    Bounded::TimedOut(t) => Err(format!("no answer within {t:?}")),
+                    Bounded::Done(r) => r.map_err(|e| e.to_string()),
+                };
+                match connected {
                     Ok(c) => {
                         tracing::info!("connected to PostgreSQL");
                         backoff = RECONNECT_FIRST;
-                                                client = Some(c);
-                        role = establish(client.as_ref().expect("just set"), &role).await;
-                        tracing::info!(role = %role.describe(), "role after connecting");
+                        match bounded(&shutdown, call_bound(&config), establish(&c, &role)).await {
+                            Bounded::Shutdown => break,
+                            Bounded::TimedOut(t) => {
+                                tracing::warn!(retry_in_s = backoff.as_secs(), "database unreachable: no answer within {t:?}; retrying");
+                                role = Role::Disconnected(format!("no answer within {t:?}"));
+                                next_attempt = Instant::now() + backoff;
+                                backoff = (backoff * 2).min(RECONNECT_CAP);
+                            }
+                            Bounded::Done(r) => {
+                                role = r;
+                                client = Some(c);
+                                tracing::info!(role = %role.describe(), "role after connecting");
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "database unreachable; retrying");
-                        role = Role::Disconnected(e.to_string());
+                        role = Role::Disconnected(e);
                         next_attempt = Instant::now() + backoff;
                         backoff = (backoff * 2).min(RECONNECT_CAP);
                     }
@@ -213,7 +309,16 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     continue;
                 }
                 let before = role.clone();
-                role = establish(c, &role).await;
+                role = match bounded(&shutdown, call_bound(&config), establish(c, &role)).await {
+                    Bounded::Shutdown => break,
+                    Bounded::Done(r) => r,
+                    Bounded::TimedOut(t) => {
+                        tracing::warn!("database unreachable: no answer within {t:?}; dropping the session");
+                        lost_session(&mut client, &mut role, &mut next_attempt);
+                        set_status(&notifier, &role, &last_pass, &outcomes);
+                        continue;
+                    }
+                };
                 if role != before {
                     tracing::info!(role = %role.describe(), "role changed");
                 }
@@ -250,12 +355,24 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                             tracing::warn!(consecutive_failures = outcomes.consecutive_failures, "maintenance pass had failures");
                         }
                         last_pass = pass_summary(&report, ok);
+                        unanswered_probes = 0;
                         if c.is_closed() {
                             client = Some(c);
                             lost_session(&mut client, &mut role, &mut next_attempt);
                         } else {
-                            update_gauges(&c, &config, &report).await;
-                            client = Some(c);
+                            match bounded(&shutdown, call_bound(&config), update_gauges(&c, &config, &report)).await {
+                                Bounded::Shutdown => break,
+                                Bounded::Done(()) => client = Some(c),
+                                Bounded::TimedOut(t) => {
+                                    tracing::warn!("database unreachable: no answer within {t:?}; dropping the session");
+                                    client = Some(c);
+                                    lost_session(&mut client, &mut role, &mut next_attempt);
+                                }
+                            }
+                            if reconnect_pending {
+                                reconnect_pending = false;
+                                reconnect(&mut client, &mut role, &mut next_attempt);
+                            }
                         }
                     }
                                     }
@@ -282,16 +399,17 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     }
     if let Some(c) = client.take()
         && role == Role::Leader
-        && let Err(e) = c
-            .execute("SELECT pg_advisory_unlock($1)", &[&pass::PASS_LOCK_KEY])
-            .await
     {
-        tracing::debug!(error = %db::error_text(&e), "releasing the leader lock");
+        // Closing the session releases the lock too; this only says so sooner, and waits for
+        // no stalled server.
+        let unlock = c.execute("SELECT pg_advisory_unlock($1)", &[&pass::PASS_LOCK_KEY]);
+        match tokio::time::timeout(UNLOCK_WAIT, unlock).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %db::error_text(&e), "releasing the leader lock"),
+            Err(_) => tracing::debug!("releasing the leader lock: no answer; the session closes"),
+        }
     }
     metrics::LEADER.store(0, Ordering::SeqCst);
-    if let Some(w) = watchdog {
-        w.abort();
-    }
     if let Some((_, task)) = metrics_server {
         task.abort();
     }
@@ -355,6 +473,15 @@ async fn establish(client: &Client, current: &Role) -> Role {
         }
         Err(e) => Role::Disconnected(db::error_text(&e)),
     }
+}
+
+/// Gives up the session (and with it the leader lock) to connect again with reloaded settings.
+fn reconnect(client: &mut Option<Client>, role: &mut Role, next_attempt: &mut Instant) {
+    tracing::info!("database settings changed: reconnecting with the reloaded ones");
+    *client = None;
+    metrics::LEADER.store(0, Ordering::SeqCst);
+    *role = Role::Disconnected("reconnecting with the reloaded settings".into());
+    *next_attempt = Instant::now();
 }
 
 fn lost_session(client: &mut Option<Client>, role: &mut Role, next_attempt: &mut Instant) {

@@ -15,6 +15,13 @@ use crate::tls::TlsSettings;
 /// `application_name` of partwarden's sessions, visible in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "partwarden";
 
+/// Idle time before TCP keepalive probes start.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Time between keepalive probes.
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the connection is dropped.
+const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
 /// A connection could not be made or set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -64,6 +71,13 @@ pub fn pg_config(
         cfg.user(&user);
     }
     cfg.connect_timeout(db.connect_timeout);
+    // A peer that vanished (host down, path cut) is noticed by TCP within about a minute even
+    // while no query is outstanding; unacknowledged data gives up after the same.
+    cfg.keepalives(true);
+    cfg.keepalives_idle(TCP_KEEPALIVE_IDLE);
+    cfg.keepalives_interval(TCP_KEEPALIVE_INTERVAL);
+    cfg.keepalives_retries(TCP_KEEPALIVE_RETRIES);
+    cfg.tcp_user_timeout(TCP_KEEPALIVE_IDLE + TCP_KEEPALIVE_INTERVAL * TCP_KEEPALIVE_RETRIES);
     cfg.application_name(APPLICATION_NAME);
     Ok((cfg, tls))
 }
@@ -116,13 +130,19 @@ pub async fn connect(db: &DatabaseConfig) -> Result<Client, ConnectError> {
             open(&cfg, connector, db.connect_timeout, &target).await?
         }
     };
-    setup_session(&client, db)
-        .await
-        .map_err(|e| ConnectError::Failed {
+    // Bounded like the connection itself: a server that accepted the connection but stopped
+    // answering must not hold the caller.
+    match tokio::time::timeout(db.connect_timeout, setup_session(&client, db)).await {
+        Err(_) => Err(ConnectError::Timeout {
+            target,
+            timeout: db.connect_timeout,
+        }),
+        Ok(Err(e)) => Err(ConnectError::Failed {
             target,
             message: format!("session set-up failed: {}", error_text(&e)),
-        })?;
-    Ok(client)
+        }),
+        Ok(Ok(())) => Ok(client),
+    }
 }
 
 /// Connects within `timeout` and spawns the connection task.
@@ -177,6 +197,14 @@ async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio
         )
         .await?;
     Ok(())
+}
+
+impl ConnectError {
+    /// Whether the server itself answered (with an error such as "too many clients" or a
+    /// failed authentication), as opposed to no answer at all: a server that answers is up.
+    pub fn server_answered(&self) -> bool {
+        matches!(self, ConnectError::Failed { message, .. } if message.contains("(SQLSTATE "))
+    }
 }
 
 /// A database error in one line: the server's message, SQLSTATE and detail when it has them,

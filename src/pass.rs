@@ -299,6 +299,7 @@ pub async fn run(
     stop: &AtomicBool,
     out: &mut (dyn Write + Send),
 ) -> Report {
+    fault::pause("pass_start").await;
     let policy = DdlPolicy::from_config(&config.database);
     let mut report = Report {
         dry_run: opts.dry_run,

@@ -82,10 +82,20 @@ impl Outcomes {
     }
 }
 
+/// Milliseconds on a monotonic clock (since the first call in this process): heartbeats are
+/// compared on it, so a wall-clock step (NTP, a restored VM) neither starves nor fakes them.
+pub fn monotonic_millis() -> i64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as i64
+}
+
 /// The running cron scheduler.
 pub struct Schedule {
     scheduler: JobScheduler,
-    /// Unix milliseconds of the last heartbeat.
+    /// [`monotonic_millis`] of the last heartbeat.
     pub heartbeat: Arc<AtomicI64>,
 }
 
@@ -111,12 +121,12 @@ impl Schedule {
             .add(job)
             .await
             .map_err(|e| format!("adding the maintenance job: {e}"))?;
-        let heartbeat = Arc::new(AtomicI64::new(chrono::Utc::now().timestamp_millis()));
+        let heartbeat = Arc::new(AtomicI64::new(monotonic_millis()));
         let beat = heartbeat.clone();
         let job = Job::new_async(HEARTBEAT_CRON, move |_, _| {
             let beat = beat.clone();
             Box::pin(async move {
-                beat.store(chrono::Utc::now().timestamp_millis(), Ordering::SeqCst);
+                beat.store(monotonic_millis(), Ordering::SeqCst);
             })
         })
         .map_err(|e| format!("heartbeat job: {e}"))?;
@@ -136,7 +146,7 @@ impl Schedule {
 
     /// Whether the heartbeat is fresh: the scheduler is ticking.
     pub fn ticking(&self) -> bool {
-        let age = chrono::Utc::now().timestamp_millis() - self.heartbeat.load(Ordering::SeqCst);
+        let age = monotonic_millis() - self.heartbeat.load(Ordering::SeqCst);
         age < (HEARTBEAT_EVERY * 3).as_millis() as i64
     }
 

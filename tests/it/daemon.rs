@@ -453,3 +453,182 @@ fn systemd_units_verify() {
         assert!(service.contains(line), "partwarden.service lacks {line:?}");
     }
 }
+
+/// Points `config` at `db` through a new stalling proxy, with connect_timeout 1 s and
+/// statement_timeout 2 s.
+fn through_stalling_proxy(db: &TestDb, config: &Path) -> crate::support::StallingProxy {
+    let server = crate::support::server();
+    let proxy = crate::support::StallingProxy::start(server.port);
+    let text = std::fs::read_to_string(config).unwrap();
+    let url = db.url.replace(
+        &format!("host={} port={}", server.host, server.port),
+        &format!("host=127.0.0.1 port={}", proxy.port),
+    );
+    assert_ne!(url, db.url);
+    let text = text.replacen(
+        "[database]\n",
+        "[database]\nconnect_timeout = \"1s\"\nstatement_timeout = \"2s\"\n",
+        1,
+    );
+    let text = text.replace(&db.url.replace('\\', "\\\\").replace('"', "\\\""), &url);
+    std::fs::write(config, text).unwrap();
+    proxy
+}
+
+/// Issue "Nothing lost, nobody in", item 5: with traffic frozen by a stalling proxy the daemon
+/// waited forever in a `SELECT 1`, ignored SIGTERM and kept feeding the watchdog. Now every
+/// call of its loop is bounded, it notices the database is gone, resumes when it is back, and
+/// honours SIGTERM within shutdown_timeout whatever it was doing.
+#[tokio::test]
+async fn a_stalled_network_neither_hangs_the_daemon_nor_delays_sigterm() {
+    let db = TestDb::new("daemon_stall").await;
+    let config = daemon_config(&db, "[daemon]\nshutdown_timeout = \"3s\"\n");
+    let proxy = through_stalling_proxy(&db, &config);
+    let (socket, messages) = notify_socket(db.dir.path());
+    let mut d = Daemon::start(
+        &config,
+        db.dir.path().join("daemon.log"),
+        &[
+            ("NOTIFY_SOCKET", path_str(&socket)),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    assert!(
+        d.wait_log("maintenance pass finished", 2, Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    // Frozen: the daemon notices within its bounds and keeps its loop turning.
+    proxy.freeze(true);
+    assert!(
+        d.wait_log("database unreachable", 1, Duration::from_secs(20)),
+        "noticed the stall: {}",
+        d.log()
+    );
+    // Back: passes resume.
+    proxy.freeze(false);
+    let before = d.log().matches("maintenance pass finished").count();
+    assert!(
+        d.wait_log(
+            "maintenance pass finished",
+            before + 1,
+            Duration::from_secs(30)
+        ),
+        "resumed: {}",
+        d.log()
+    );
+    // Frozen again, then SIGTERM: out within shutdown_timeout (3 s), with margin.
+    proxy.freeze(true);
+    std::thread::sleep(Duration::from_millis(2500));
+    let asked = Instant::now();
+    d.signal("TERM");
+    let code = d.wait_exit(Duration::from_secs(6));
+    assert!(
+        code.is_some(),
+        "SIGTERM ignored for 6 s with the network stalled: {}",
+        d.log()
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let got = messages.lock().unwrap().clone();
+    assert!(got.iter().any(|m| m == "WATCHDOG=1"), "{got:?}");
+    proxy.freeze(false);
+}
+
+/// Issue "Nothing lost, nobody in", item 6: a reload that changes the database while a pass
+/// runs installed the new configuration but skipped the reconnect; later passes kept using
+/// the old database.
+#[tokio::test]
+async fn a_reload_during_a_pass_moves_to_the_new_database_when_it_ends() {
+    let old = TestDb::new("daemon_reload_old").await;
+    let new = TestDb::new("daemon_reload_new").await;
+    let config = daemon_config(&old, "");
+    crate::support::bootstrap_cli(&new.write_config("", ""));
+    let mut d = Daemon::start(
+        &config,
+        old.dir.path().join("daemon.log"),
+        &[("PARTWARDEN_PAUSEPOINT", "pass_start:3000")],
+    );
+    assert!(
+        d.wait_log("pausepoint pass_start", 1, Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    // While the pass is paused: point the configuration at the other database.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let esc = |u: &str| u.replace('\\', "\\\\").replace('"', "\\\"");
+    std::fs::write(&config, text.replace(&esc(&old.url), &esc(&new.url))).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log("configuration reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    let passes_in_new = async || -> i64 {
+        new.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM partwarden.partition_events WHERE step = 'pass'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let started = Instant::now();
+    while passes_in_new().await == 0 && started.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        passes_in_new().await > 0,
+        "no pass ran against the reloaded database: {}",
+        d.log()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+}
+
+/// Issue "Nothing lost, nobody in", item 5: the network stalls in the middle of a pass. The
+/// pass's own session would wait forever; the loop sees that fresh connections get no answer,
+/// abandons the pass, and takes up passes again once the network is back.
+#[tokio::test]
+async fn a_pass_stuck_on_a_stalled_network_is_abandoned() {
+    let db = TestDb::new("daemon_stall_pass").await;
+    let config = daemon_config(&db, "");
+    let proxy = through_stalling_proxy(&db, &config);
+    let mut d = Daemon::start(
+        &config,
+        db.dir.path().join("daemon.log"),
+        &[("PARTWARDEN_PAUSEPOINT", "pass_start:2000")],
+    );
+    assert!(
+        d.wait_log("pausepoint pass_start", 1, Duration::from_secs(15)),
+        "{}",
+        d.log()
+    );
+    proxy.freeze(true);
+    assert!(
+        d.wait_log(
+            "abandoning the pass in progress",
+            1,
+            Duration::from_secs(30)
+        ),
+        "{}",
+        d.log()
+    );
+    proxy.freeze(false);
+    assert!(
+        d.wait_log("maintenance pass finished", 1, Duration::from_secs(40)),
+        "passes resume: {}",
+        d.log()
+    );
+    d.signal("TERM");
+    assert!(
+        d.wait_exit(Duration::from_secs(40)).is_some(),
+        "{}",
+        d.log()
+    );
+}

@@ -162,31 +162,69 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Connections served at once. Further ones wait in the kernel's listen backlog, holding no
+/// descriptor of ours: a flood of idle clients cannot starve the daemon of the descriptors its
+/// database sessions need.
+const MAX_CONNECTIONS: usize = 16;
+/// Connections the kernel completes and queues for us beyond those served (capped by
+/// `net.core.somaxconn`): clients over the cap wait there, costing us nothing.
+const LISTEN_BACKLOG: u32 = 4096;
+/// How long a client may take to send its request head (Prometheus sends it at once).
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Largest request head read.
+const MAX_HEAD_BYTES: usize = 2048;
+/// First pause after a failed accept (out of descriptors, say), doubled up to the cap: a
+/// failing accept must not spin the CPU.
+const ACCEPT_BACKOFF_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest pause after failed accepts.
+const ACCEPT_BACKOFF_CAP: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves `GET /metrics` on `addr` until the task is dropped. Returns the bound address.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     let local = listener.local_addr()?;
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let task = tokio::spawn(async move {
+        let mut backoff = ACCEPT_BACKOFF_FIRST;
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let mut stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = ACCEPT_BACKOFF_FIRST;
+                    stream
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pause_ms = backoff.as_millis() as u64, "metrics endpoint: accept failed; pausing");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_CAP);
+                    continue;
+                }
             };
             tokio::spawn(async move {
-                // Read the request head (it may come in pieces), up to 2 KiB and 5 seconds.
+                let _permit = permit;
+                // Read the request head (it may come in pieces), bounded in size and time.
                 let mut buf = Vec::with_capacity(512);
                 let head = async {
                     let mut chunk = [0u8; 512];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 2048 {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_HEAD_BYTES {
                         match stream.read(&mut chunk).await {
                             Ok(0) | Err(_) => break,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
                 };
-                if tokio::time::timeout(std::time::Duration::from_secs(5), head)
-                    .await
-                    .is_err()
-                {
+                if tokio::time::timeout(HEAD_TIMEOUT, head).await.is_err() {
                     return;
                 }
                 let request = String::from_utf8_lossy(&buf);
@@ -205,8 +243,11 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task
                     "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                let write = async {
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                };
+                let _ = tokio::time::timeout(HEAD_TIMEOUT, write).await;
             });
         }
     });

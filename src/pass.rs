@@ -457,6 +457,9 @@ pub async fn premake_table(
             break;
         }
         if ctx.dry_run {
+            if let Some(prepare) = &c.prepare {
+                let _ = writeln!(ctx.out, "{}", prepare.to_sql(ctx.policy));
+            }
             let _ = writeln!(ctx.out, "{}", c.action.to_sql(ctx.policy));
             tr.created.push(c.partition.to_string());
             continue;
@@ -468,6 +471,12 @@ pub async fn premake_table(
             upper: Some(c.period.end),
             step: Step::Create,
         };
+        if let Some(prepare) = &c.prepare
+            && let Err(e) = ddl::execute(client, ctx.policy, prepare, None).await
+        {
+            tr.errors.push(e.to_string());
+            break;
+        }
         match ddl::execute(client, ctx.policy, &c.action, Some(&event)).await {
             Ok(outcome) => {
                 let moved: u64 = outcome.rows.iter().sum();

@@ -62,9 +62,17 @@ pub struct Create {
     pub partition: RelName,
     /// Its range.
     pub period: Period,
+    /// With a DEFAULT partition: a brief transaction before `action` that adds the NOT VALID
+    /// CHECK excluding the range from the DEFAULT partition ([`DEFAULT_EXCLUSION`]).
+    pub prepare: Option<Action>,
     /// The statements that create and attach it.
     pub action: Action,
 }
+
+/// Name of the CHECK that, validated without blocking, proves to ATTACH that the DEFAULT
+/// partition holds no row of the new range, so that ATTACH does not scan it under its ACCESS
+/// EXCLUSIVE lock. Dropped in the same transaction as the ATTACH.
+pub const DEFAULT_EXCLUSION: &str = "partwarden_default_exclusion";
 
 /// The partitions `table` is missing at `now`, in time order, with the actions that make them.
 /// Returns an error, and plans nothing for the table, when the table cannot be managed or a
@@ -140,26 +148,41 @@ pub fn plan(
                 table.premake
             )
         };
-        let action = create_action(table, snap, period, &name, reason);
+        let (prepare, action) = create_action(table, snap, period, &name, reason, now);
         actions.push(Create {
             partition: RelName {
                 schema: table.name.schema.to_string(),
                 name,
             },
             period,
+            prepare,
             action,
         });
     }
     Ok(actions)
 }
 
+/// The statements that create the partition for `period`: create it standalone (with the
+/// parent's indexes when rows may be moved into it, so that ATTACH builds none), a CHECK that
+/// implies its bound (so ATTACH need not scan it), and ATTACH.
+///
+/// With a DEFAULT partition, its rows of the range are moved into the new partition first,
+/// and ATTACH would scan the whole DEFAULT partition under ACCESS EXCLUSIVE to prove that none
+/// is left, blocking every reader of the parent for as long. Instead, a `prepare` transaction
+/// adds a NOT VALID CHECK to the DEFAULT partition that excludes the range (a brief lock, no
+/// scan); the main transaction moves the rows, validates that CHECK (SHARE UPDATE EXCLUSIVE:
+/// readers and writers go on while it scans), then ATTACHes, which the validated CHECK spares
+/// the scan, and drops both CHECKs. Between the two transactions rows of the range cannot go
+/// to the DEFAULT partition, so this is done only for ranges that do not hold `now`; the
+/// current period keeps the one-transaction recipe, where writes wait but never fail.
 fn create_action(
     table: &TableConfig,
     snap: &TableSnapshot,
     period: Period,
     name: &str,
     reason: String,
-) -> Action {
+    now: DateTime<Utc>,
+) -> (Option<Action>, Action) {
     let parent = RelName::from(&table.name);
     let child = RelName {
         schema: parent.schema.clone(),
@@ -168,9 +191,16 @@ fn create_action(
     let key = table.partition_key.quoted();
     let (lo, hi) = (sql_timestamp(period.start), sql_timestamp(period.end));
     let check = quote_ident(BOUND_CHECK);
+    let default = snap.default_partition();
+    let exclude = default.is_some() && !(period.start <= now && now < period.end);
+    let like = if default.is_some() {
+        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS INCLUDING INDEXES"
+    } else {
+        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS"
+    };
     let mut statements = vec![
         format!(
-            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS)",
+            "CREATE TABLE {} (LIKE {} {like})",
             child.quoted(),
             parent.quoted()
         ),
@@ -180,7 +210,25 @@ fn create_action(
         ),
     ];
     let mut lock_relations = vec![parent.quoted()];
-    if let Some(default) = snap.default_partition() {
+    let mut prepare = None;
+    let exclusion = quote_ident(DEFAULT_EXCLUSION);
+    if let Some(default) = default {
+        let d = default.name.quoted();
+        if exclude {
+            prepare = Some(Action {
+                label: format!("exclude {} .. {} from {}", period.start.to_rfc3339(), period.end.to_rfc3339(), default.name),
+                reason: format!("so that attaching {child} need not scan {} under its lock", default.name),
+                statements: vec![
+                    format!("ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {exclusion}"),
+                    // The negation of the new partition's constraint, as PostgreSQL writes it,
+                    // so that ATTACH can prove it from this CHECK.
+                    format!(
+                        "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK ({key} IS NULL OR {key} < {lo} OR {key} >= {hi}) NOT VALID"
+                    ),
+                ],
+                lock_relations: vec![d.clone()],
+            });
+        }
         let cols = snap
             .columns
             .iter()
@@ -188,12 +236,14 @@ fn create_action(
             .collect::<Vec<_>>()
             .join(", ");
         statements.push(format!(
-            "WITH moved AS (DELETE FROM {} WHERE {key} >= {lo} AND {key} < {hi} RETURNING {cols}) \
+            "WITH moved AS (DELETE FROM {d} WHERE {key} >= {lo} AND {key} < {hi} RETURNING {cols}) \
              INSERT INTO {} ({cols}) SELECT {cols} FROM moved",
-            default.name.quoted(),
             child.quoted()
         ));
-        lock_relations.push(default.name.quoted());
+        if exclude {
+            statements.push(format!("ALTER TABLE {d} VALIDATE CONSTRAINT {exclusion}"));
+        }
+        lock_relations.push(d);
     }
     statements.push(format!(
         "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({lo}) TO ({hi})",
@@ -204,7 +254,13 @@ fn create_action(
         "ALTER TABLE {} DROP CONSTRAINT {check}",
         child.quoted()
     ));
-    Action {
+    if let (Some(default), true) = (default, exclude) {
+        statements.push(format!(
+            "ALTER TABLE {} DROP CONSTRAINT {exclusion}",
+            default.name.quoted()
+        ));
+    }
+    let action = Action {
         label: format!("create partition {child}"),
         reason: format!(
             "{} .. {}: {reason}",
@@ -213,7 +269,8 @@ fn create_action(
         ),
         statements,
         lock_relations,
-    }
+    };
+    (prepare, action)
 }
 
 /// How far ahead a table's partitions reach.

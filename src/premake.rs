@@ -216,8 +216,16 @@ fn create_action(
         let d = default.name.quoted();
         if exclude {
             prepare = Some(Action {
-                label: format!("exclude {} .. {} from {}", period.start.to_rfc3339(), period.end.to_rfc3339(), default.name),
-                reason: format!("so that attaching {child} need not scan {} under its lock", default.name),
+                label: format!(
+                    "exclude {} .. {} from {}",
+                    period.start.to_rfc3339(),
+                    period.end.to_rfc3339(),
+                    default.name
+                ),
+                reason: format!(
+                    "so that attaching {child} need not scan {} under its lock",
+                    default.name
+                ),
                 statements: vec![
                     format!("ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {exclusion}"),
                     // The negation of the new partition's constraint, as PostgreSQL writes it,

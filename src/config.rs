@@ -152,6 +152,16 @@ pub enum OnExpiry {
     Drop,
 }
 
+impl TableConfig {
+    /// The table's periods: its interval in its time zone.
+    pub fn calendar(&self) -> crate::period::Calendar {
+        crate::period::Calendar {
+            interval: self.interval,
+            tz: self.time_zone,
+        }
+    }
+}
+
 /// One `[[tables]]` entry: a partitioned table partwarden manages.
 #[derive(Clone, Debug)]
 pub struct TableConfig {
@@ -161,6 +171,8 @@ pub struct TableConfig {
     pub partition_key: Ident,
     /// Span of one partition.
     pub interval: Interval,
+    /// Where periods start at local midnight (`UTC` by default).
+    pub time_zone: chrono_tz::Tz,
     /// Partitions kept ready after the current one.
     pub premake: u32,
     /// Partitions wholly older than this expire; `None` keeps them forever.
@@ -266,6 +278,8 @@ struct RawTable {
     partition_key: String,
     #[serde(default = "default_interval")]
     interval: String,
+    #[serde(default = "default_time_zone")]
+    time_zone: String,
     #[serde(default = "default_premake")]
     premake: i64,
     #[serde(default)]
@@ -279,6 +293,7 @@ fn default_tables() -> Vec<RawTable> {
         name: "public.market_odds_history".into(),
         partition_key: default_partition_key(),
         interval: default_interval(),
+        time_zone: default_time_zone(),
         premake: default_premake(),
         retention: Some("6 months".into()),
         on_expiry: default_on_expiry(),
@@ -289,6 +304,9 @@ fn default_partition_key() -> String {
 }
 fn default_interval() -> String {
     "monthly".into()
+}
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 fn default_premake() -> i64 {
     3
@@ -514,7 +532,14 @@ impl RawTable {
                 ));
             }
         };
-        let longest = name.name.as_str().len() + interval.max_suffix_len();
+        let time_zone: chrono_tz::Tz = self.time_zone.trim().parse().map_err(|_| {
+            format!(
+                "{}: expected an IANA time zone name such as \"UTC\" or \"Africa/Lagos\", got {:?}",
+                key("time_zone"),
+                self.time_zone
+            )
+        })?;
+        let longest = name.name.as_str().len() + crate::period::Calendar::max_suffix_len(interval);
         if longest > MAX_IDENT_BYTES {
             return Err(format!(
                 "{}: partition names of {} would be {longest} bytes long; PostgreSQL allows {MAX_IDENT_BYTES}",
@@ -550,6 +575,7 @@ impl RawTable {
             name,
             partition_key,
             interval,
+            time_zone,
             premake: self.premake as u32,
             retention,
             on_expiry,

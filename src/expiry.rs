@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use crate::catalog::{RelName, TableSnapshot};
 use crate::config::TableConfig;
 use crate::ledger::InFlight;
-use crate::period::Period;
 
 /// Where an expiry starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +65,7 @@ pub fn is_expired(table: &TableConfig, upper: Option<DateTime<Utc>>, now: DateTi
     let Some(retention) = table.retention else {
         return false;
     };
-    let current = Period::containing(table.interval, now);
+    let current = table.calendar().containing(now);
     upper.is_some_and(|u| u <= retention.cutoff(now) && u <= current.start)
 }
 
@@ -190,6 +189,7 @@ mod tests {
             name: QualifiedName::parse("public.moh").unwrap(),
             partition_key: Ident::new("captured_at").unwrap(),
             interval: Interval::Monthly,
+            time_zone: chrono_tz::UTC,
             premake: 3,
             retention,
             on_expiry: OnExpiry::Archive,

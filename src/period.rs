@@ -1,8 +1,12 @@
-//! Partition periods: calendar arithmetic in UTC, and nothing else.
+//! Partition periods: calendar arithmetic, in UTC ([`Interval`]) or in a table's time zone
+//! ([`Calendar`]), and nothing else.
 //!
 //! Every bound partwarden writes is computed here, from the clock and the configured interval,
-//! and rendered with an explicit `+00` offset so that no session or server time zone can shift
-//! it. Months are calendar months, weeks start on Monday (ISO 8601), days are UTC days.
+//! and rendered as a UTC instant with an explicit `+00` offset so that no session or server
+//! time zone can shift it. Months are calendar months, weeks start on Monday (ISO 8601), days
+//! are days. In a table's `time_zone` a period starts at local midnight, so a daily period in
+//! `Europe/London` is 23 or 25 hours long on the days the clocks change; a local midnight that
+//! does not exist (a zone that springs forward at midnight) starts at the first instant after.
 
 use std::fmt;
 
@@ -83,6 +87,121 @@ impl fmt::Display for Interval {
             Interval::Weekly => "weekly",
             Interval::Monthly => "monthly",
         })
+    }
+}
+
+/// An interval in a time zone: the periods of one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Calendar {
+    /// Span of one period.
+    pub interval: Interval,
+    /// Where periods start at local midnight.
+    pub tz: chrono_tz::Tz,
+}
+
+impl Calendar {
+    /// `interval` in UTC.
+    pub fn utc(interval: Interval) -> Calendar {
+        Calendar {
+            interval,
+            tz: chrono_tz::UTC,
+        }
+    }
+
+    /// The first instant of local day `d`: its midnight, or, where midnight was skipped by a
+    /// clock change, the first local time that exists after it.
+    fn day_start(self, d: NaiveDate) -> DateTime<Utc> {
+        use chrono::LocalResult;
+        let midnight = d.and_hms_opt(0, 0, 0).expect("midnight");
+        for minutes in (0..=24 * 60).step_by(15) {
+            match self
+                .tz
+                .from_local_datetime(&(midnight + Duration::minutes(minutes)))
+            {
+                LocalResult::Single(t) => return t.with_timezone(&Utc),
+                LocalResult::Ambiguous(a, _) => return a.with_timezone(&Utc),
+                LocalResult::None => continue,
+            }
+        }
+        unreachable!("no zone skips a whole day")
+    }
+
+    /// The local date at the start of the period starting at `start`.
+    fn local_date(self, t: DateTime<Utc>) -> NaiveDate {
+        t.with_timezone(&self.tz).date_naive()
+    }
+
+    /// The start of the period that contains `t`.
+    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let d = self.local_date(t);
+        let first = match self.interval {
+            Interval::Daily => d,
+            Interval::Weekly => d - Duration::days(i64::from(d.weekday().num_days_from_monday())),
+            Interval::Monthly => NaiveDate::from_ymd_opt(d.year(), d.month(), 1).expect("day 1"),
+        };
+        let start = self.day_start(first);
+        // A day whose start was moved past `t` cannot hold it; never happens for real zones.
+        if start > t { self.prev(start) } else { start }
+    }
+
+    /// The start of the period after the one starting at `start`.
+    pub fn next(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        let d = self.local_date(start);
+        self.day_start(match self.interval {
+            Interval::Daily => d + Duration::days(1),
+            Interval::Weekly => d + Duration::days(7),
+            Interval::Monthly => d + Months::new(1),
+        })
+    }
+
+    /// The start of the period before the one starting at `start`.
+    pub fn prev(self, start: DateTime<Utc>) -> DateTime<Utc> {
+        let d = self.local_date(start);
+        self.day_start(match self.interval {
+            Interval::Daily => d - Duration::days(1),
+            Interval::Weekly => d - Duration::days(7),
+            Interval::Monthly => d - Months::new(1),
+        })
+    }
+
+    /// Whether `t` is the start of a period.
+    pub fn is_aligned(self, t: DateTime<Utc>) -> bool {
+        self.floor(t) == t
+    }
+
+    /// The period that contains `t`.
+    pub fn containing(self, t: DateTime<Utc>) -> Period {
+        let start = self.floor(t);
+        Period {
+            start,
+            end: self.next(start),
+        }
+    }
+
+    /// The suffix naming the period starting at `start`, from its local date.
+    pub fn suffix(self, start: DateTime<Utc>) -> String {
+        let local = start.with_timezone(&self.tz);
+        match self.interval {
+            Interval::Daily => local.format("_%Y_%m_%d").to_string(),
+            Interval::Weekly => local.format("_%G_w%V").to_string(),
+            Interval::Monthly => local.format("_%Y_%m").to_string(),
+        }
+    }
+
+    /// The suffix naming a partition that covers only part of the period starting at
+    /// `period_start`, from `from` on: the period's suffix, then `_from_` and the local day of
+    /// the month and time of `from` (`_2026_03_from_31230000`).
+    pub fn clipped_suffix(self, period_start: DateTime<Utc>, from: DateTime<Utc>) -> String {
+        format!(
+            "{}_from_{}",
+            self.suffix(period_start),
+            from.with_timezone(&self.tz).format("%d%H%M%S")
+        )
+    }
+
+    /// The longest suffix a partition name gets: a clipped one with a fallback `_N`.
+    pub fn max_suffix_len(interval: Interval) -> usize {
+        interval.max_suffix_len() + "_from_31235959".len() + "_9".len()
     }
 }
 

@@ -75,91 +75,208 @@ pub struct Create {
 pub const DEFAULT_EXCLUSION: &str = "partwarden_default_exclusion";
 
 /// The partitions `table` is missing at `now`, in time order, with the actions that make them.
-/// Returns an error, and plans nothing for the table, when the table cannot be managed or a
-/// partition name is taken by a relation that is not that partition.
+///
+/// Coverage is planned from the partitions that exist, with the bounds the catalog gives,
+/// whatever instants they fall on: the window runs from the lower bound of the earliest
+/// partition (or the current period's start, if that is earlier) to the end of the premake
+/// horizon (or the last partition's upper bound, if that is later), and every stretch of it that no partition covers gets partitions, split at the
+/// table's period starts (in its time zone). A piece that is a whole period gets the period's
+/// name (`<table>_2026_12`); a piece clipped by a neighbour's bound gets the clipped name
+/// (`<table>_2026_12_from_31230000`, see [`clipped_name`]); a name taken by another relation
+/// gets `_2`, `_3`, ... appended. Pieces that end at or before the retention's cut-off are left
+/// alone (they would only be expired again). Returns an error, and plans nothing for the table,
+/// when the table cannot be managed.
 pub fn plan(
     table: &TableConfig,
     snap: &TableSnapshot,
     now: DateTime<Utc>,
 ) -> Result<Vec<Create>, String> {
     check_manageable(table, snap)?;
-    let interval = table.interval;
-    let current = Period::containing(interval, now);
-    let earliest = snap
+    let cal = table.calendar();
+    let current = cal.containing(now);
+    let mut horizon = current.end;
+    for _ in 0..table.premake {
+        horizon = cal.next(horizon);
+    }
+    // A hole between two partitions is filled even beyond the premake horizon.
+    let last_upper = snap
         .partitions
         .iter()
         .filter(|p| !p.is_default)
-        .filter_map(|p| p.lower.or(p.upper))
-        .min();
-    let mut start = match earliest {
-        Some(e) if e < current.start => interval.floor(e),
-        _ => current.start,
-    };
-    let mut end = current.end;
-    for _ in 0..table.premake {
-        end = interval.next(end);
-    }
-    let mut actions = Vec::new();
-    let mut walked = 0;
-    while start < end {
-        walked += 1;
-        if walked > MAX_PERIODS {
-            return Err(format!(
-                "{}: more than {MAX_PERIODS} periods between the earliest partition and the premake horizon; refusing to plan",
-                table.name
-            ));
-        }
-        let period = Period {
-            start,
-            end: interval.next(start),
-        };
-        start = period.end;
-        if snap
-            .partitions
-            .iter()
-            .any(|p| p.overlaps(period.start, period.end))
-        {
-            continue;
-        }
-        // A hole older than the retention would only be expired again.
-        if crate::expiry::is_expired(table, Some(period.end), now) {
-            continue;
-        }
-        let name = expected_name(table, period.start);
-        if snap.names_taken.contains(&name) {
-            let what = match snap.partitions.iter().find(|p| p.name.name == name) {
-                Some(p) => format!("a partition with bounds {}", p.bound_text),
-                None => "a relation that is not a partition of it".to_string(),
+        .filter_map(|p| p.upper)
+        .max();
+    let window_end = last_upper.map_or(horizon, |u| u.max(horizon));
+    let mut actions: Vec<Create> = Vec::new();
+    let mut planned_names: Vec<String> = Vec::new();
+    for gap in gaps(snap, current.start, window_end) {
+        let mut t = gap.start;
+        while t < gap.end {
+            if actions.len() >= MAX_PERIODS {
+                return Err(format!(
+                    "{}: more than {MAX_PERIODS} partitions between the earliest partition and the premake horizon; refusing to plan",
+                    table.name
+                ));
+            }
+            let period = cal.containing(t);
+            let piece = Period {
+                start: t,
+                end: period.end.min(gap.end),
             };
-            return Err(format!(
-                "{}: the partition for {} .. {} would be named {name}, which is taken by {what}",
-                table.name,
-                period.start.to_rfc3339(),
-                period.end.to_rfc3339()
-            ));
+            t = piece.end;
+            // A hole older than the retention would only be expired again.
+            if crate::expiry::is_expired(table, Some(piece.end), now) {
+                continue;
+            }
+            let base = if piece == period {
+                expected_name(table, period.start)
+            } else {
+                clipped_name(table, period.start, piece.start)
+            };
+            let name = free_name(&base, snap, &planned_names);
+            let clipped = if piece == period {
+                String::new()
+            } else {
+                format!(
+                    " (clipped to its neighbours: period {} .. {})",
+                    period.start.to_rfc3339(),
+                    period.end.to_rfc3339()
+                )
+            };
+            let taken = if name == base {
+                String::new()
+            } else {
+                format!(" ({base} is taken by another relation)")
+            };
+            let reason = if piece.end <= current.start {
+                format!("fills a gap: no partition covers this past stretch{clipped}{taken}")
+            } else if piece.start < current.end {
+                format!("the current period has no partition here{clipped}{taken}")
+            } else {
+                format!(
+                    "premake: kept ready ahead of time ({} periods after the current one are configured){clipped}{taken}",
+                    table.premake
+                )
+            };
+            let (prepare, action) = create_action(table, snap, piece, &name, reason, now);
+            planned_names.push(name.clone());
+            actions.push(Create {
+                partition: RelName {
+                    schema: table.name.schema.to_string(),
+                    name,
+                },
+                period: piece,
+                prepare,
+                action,
+            });
         }
-        let reason = if period.end <= current.start {
-            "fills a gap: no partition covers this past period".to_string()
-        } else if period == current {
-            "the current period has no partition".to_string()
-        } else {
-            format!(
-                "premake: kept ready ahead of time ({} periods after the current one are configured)",
-                table.premake
-            )
-        };
-        let (prepare, action) = create_action(table, snap, period, &name, reason, now);
-        actions.push(Create {
-            partition: RelName {
-                schema: table.name.schema.to_string(),
-                name,
-            },
-            period,
-            prepare,
-            action,
-        });
     }
     Ok(actions)
+}
+
+/// The stretches of `[.., horizon)` that no partition covers, from the earliest partition's
+/// lower bound (or `current_start`, if that is earlier) on, in order. A DEFAULT partition
+/// covers nothing here: rows there are what gaps leave behind.
+pub fn gaps(
+    snap: &TableSnapshot,
+    current_start: DateTime<Utc>,
+    horizon: DateTime<Utc>,
+) -> Vec<Period> {
+    let mut ranges: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = snap
+        .partitions
+        .iter()
+        .filter(|p| !p.is_default)
+        .map(|p| (p.lower, p.upper))
+        .collect();
+    // MINVALUE (None) first.
+    ranges.sort_by(|a, b| match (a.0, b.0) {
+        (None, None) => std::cmp::Ordering::Equal,
+        (None, _) => std::cmp::Ordering::Less,
+        (_, None) => std::cmp::Ordering::Greater,
+        (Some(x), Some(y)) => x.cmp(&y),
+    });
+    let mut cursor = match ranges.first() {
+        Some((Some(lo), _)) if *lo < current_start => *lo,
+        Some((None, _)) => DateTime::<Utc>::MIN_UTC,
+        _ => current_start,
+    };
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        if cursor >= horizon {
+            break;
+        }
+        let lo = lo.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if lo > cursor {
+            out.push(Period {
+                start: cursor,
+                end: lo.min(horizon),
+            });
+        }
+        match hi {
+            Some(hi) => cursor = cursor.max(hi),
+            None => return out, // MAXVALUE: nothing after it is uncovered
+        }
+    }
+    if cursor < horizon {
+        out.push(Period {
+            start: cursor,
+            end: horizon,
+        });
+    }
+    out
+}
+
+/// The name of a partition covering part of the period starting at `period_start`, from
+/// `from` on: `<table><period suffix>_from_<DDHHMMSS>`, the day of the month and the time of
+/// `from` in the table's time zone (`market_odds_history_2026_03_from_31230000`).
+pub fn clipped_name(
+    table: &TableConfig,
+    period_start: DateTime<Utc>,
+    from: DateTime<Utc>,
+) -> String {
+    format!(
+        "{}{}",
+        table.name.name,
+        table.calendar().clipped_suffix(period_start, from)
+    )
+}
+
+/// `base`, or `base_2`, `base_3`, ... : the first not taken by a relation of the schema nor by
+/// another partition of this plan.
+fn free_name(base: &str, snap: &TableSnapshot, planned: &[String]) -> String {
+    let free = |n: &str| !snap.names_taken.contains(n) && !planned.iter().any(|p| p == n);
+    if free(base) {
+        return base.to_string();
+    }
+    (2..)
+        .map(|i| format!("{base}_{i}"))
+        .find(|n| free(n))
+        .expect("some suffix is free")
+}
+
+/// Whether `name` is what [`plan`] would call a partition with these bounds (the period's name
+/// for a whole period, the clipped name for a part of one, either with a `_N` fallback), so
+/// that `--check` can tell partwarden's own clipped partitions from misnamed ones.
+pub fn name_fits(
+    table: &TableConfig,
+    lower: DateTime<Utc>,
+    upper: DateTime<Utc>,
+    name: &str,
+) -> bool {
+    let cal = table.calendar();
+    let period = cal.containing(lower);
+    if upper > period.end {
+        return false;
+    }
+    let base = if period.start == lower && period.end == upper {
+        expected_name(table, period.start)
+    } else {
+        clipped_name(table, period.start, lower)
+    };
+    name == base
+        || name
+            .strip_prefix(base.as_str())
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 2))
 }
 
 /// The statements that create the partition for `period`: create it standalone (with the
@@ -314,12 +431,13 @@ pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> 
             }
         }
     }
-    let current = Period::containing(table.interval, now);
+    let cal = table.calendar();
+    let current = cal.containing(now);
     let mut periods_ahead = 0;
-    let mut end = table.interval.next(current.end);
+    let mut end = cal.next(current.end);
     while end <= t {
         periods_ahead += 1;
-        end = table.interval.next(end);
+        end = cal.next(end);
     }
     Runway {
         writes_fail_from: if has_default { None } else { Some(t) },
@@ -329,11 +447,11 @@ pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> 
 
 /// The name [`plan`] gives the partition starting at `start`.
 pub fn expected_name(table: &TableConfig, start: DateTime<Utc>) -> String {
-    format!("{}{}", table.name.name, table.interval.suffix(start))
+    format!("{}{}", table.name.name, table.calendar().suffix(start))
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::{Column, Partition};
     use crate::config::OnExpiry;
@@ -349,6 +467,7 @@ mod tests {
             name: QualifiedName::parse("public.moh").unwrap(),
             partition_key: Ident::new("captured_at").unwrap(),
             interval,
+            time_zone: chrono_tz::UTC,
             premake,
             retention: None,
             on_expiry: OnExpiry::Archive,
@@ -419,8 +538,11 @@ mod tests {
         assert_eq!(a[1].action.statements.len(), 4);
     }
 
+    /// Issue "Partitions planned from the catalog's truth": a period overlapped by a partition
+    /// with odd bounds used to be skipped whole, leaving holes beside it. Now the uncovered
+    /// parts get clipped partitions.
     #[test]
-    fn fills_gaps_and_respects_existing_partitions() {
+    fn fills_gaps_and_clips_beside_existing_partitions() {
         let s = snap(&[
             (
                 "moh_2026_08",
@@ -435,10 +557,16 @@ mod tests {
             labels(&a),
             [
                 "create partition public.moh_2026_09",
+                "create partition public.moh_2026_10_from_01000000",
+                "create partition public.moh_2026_11_from_15000000",
                 "create partition public.moh_2026_12"
             ]
         );
         assert!(a[0].action.reason.contains("gap"));
+        assert_eq!(a[1].period.end, t("2026-10-15T00:00:00Z"));
+        assert_eq!(a[2].period.start, t("2026-11-15T00:00:00Z"));
+        assert_eq!(a[2].period.end, t("2026-12-01T00:00:00Z"));
+        assert!(a[1].action.reason.contains("clipped"));
     }
 
     #[test]
@@ -495,14 +623,32 @@ mod tests {
     }
 
     #[test]
-    fn taken_name_is_an_error() {
+    fn a_taken_name_gets_the_fallback() {
         let mut s = snap(&[]);
         s.names_taken.insert("moh_2026_12".into());
-        let e = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap_err();
-        assert!(
-            e.contains("moh_2026_12") && e.contains("not a partition"),
-            "{e}"
+        s.names_taken.insert("moh_2026_12_2".into());
+        let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
+        assert_eq!(
+            labels(&a),
+            [
+                "create partition public.moh_2026_11",
+                "create partition public.moh_2026_12_3"
+            ]
         );
+        assert!(a[1].action.reason.contains("moh_2026_12 is taken"));
+        let tb = table(Interval::Monthly, 1);
+        assert!(name_fits(
+            &tb,
+            t("2026-12-01T00:00:00Z"),
+            t("2027-01-01T00:00:00Z"),
+            "moh_2026_12_3"
+        ));
+        assert!(!name_fits(
+            &tb,
+            t("2026-12-01T00:00:00Z"),
+            t("2027-01-01T00:00:00Z"),
+            "moh_2026_12_x"
+        ));
     }
 
     #[test]
@@ -550,5 +696,252 @@ mod tests {
                 .unwrap_err()
                 .contains("does not exist")
         );
+    }
+
+    /// Applies `plan` to `snap`: the partitions it creates, as the catalog would show them.
+    pub(crate) fn apply(snap: &TableSnapshot, creates: &[Create]) -> TableSnapshot {
+        let mut after = snap.clone();
+        for c in creates {
+            after.partitions.push(Partition {
+                name: c.partition.clone(),
+                lower: Some(c.period.start),
+                upper: Some(c.period.end),
+                is_default: false,
+                detach_pending: false,
+                bound_text: String::new(),
+            });
+            after.names_taken.insert(c.partition.name.clone());
+        }
+        after
+    }
+
+    /// Generated states for the property tests: a table, existing partitions and a clock.
+    pub(crate) mod arb {
+        use super::*;
+        use crate::period::{Calendar, Retention};
+        use proptest::prelude::*;
+
+        pub const ZONES: [&str; 7] = [
+            "UTC",
+            "Africa/Lagos",
+            "Europe/London",
+            "America/Sao_Paulo",
+            "Asia/Kolkata",
+            "America/New_York",
+            "Australia/Lord_Howe",
+        ];
+
+        fn interval() -> impl Strategy<Value = Interval> {
+            prop_oneof![
+                Just(Interval::Daily),
+                Just(Interval::Weekly),
+                Just(Interval::Monthly)
+            ]
+        }
+
+        /// (table, snapshot, now).
+        pub fn state() -> impl Strategy<Value = (TableConfig, TableSnapshot, DateTime<Utc>)> {
+            (
+                interval(),
+                0..ZONES.len(),
+                1u32..6,
+                prop_oneof![
+                    Just(None),
+                    (1u32..8).prop_map(|n| Some(Retention::Months(n))),
+                    (3u32..60).prop_map(|n| Some(Retention::Days(n)))
+                ],
+                // now: 2024-01-01 .. 2028-01-01, to the second
+                1_704_067_200i64..1_830_297_600,
+                // boundary points: (zone of its calendar, periods from now, extra hours, microseconds)
+                proptest::collection::vec(
+                    (
+                        0..ZONES.len(),
+                        -14i32..10,
+                        prop_oneof![Just(0i64), -30i64..30],
+                        prop_oneof![Just(0i64), 0i64..1_000_000],
+                    ),
+                    0..10,
+                ),
+                // for each consecutive pair of points: a partition (true) or a hole
+                proptest::collection::vec(proptest::bool::weighted(0.75), 10),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(interval, zone, premake, retention, now, points, filled, default)| {
+                        let tz: chrono_tz::Tz = ZONES[zone].parse().unwrap();
+                        let now = DateTime::from_timestamp(now, 0).unwrap();
+                        let mut tb = table(interval, premake);
+                        tb.time_zone = tz;
+                        tb.retention = retention;
+                        let mut bounds: Vec<DateTime<Utc>> = points
+                            .into_iter()
+                            .map(|(z, periods, hours, micros)| {
+                                let cal = Calendar {
+                                    interval,
+                                    tz: ZONES[z].parse().unwrap(),
+                                };
+                                let mut t = cal.floor(now);
+                                for _ in 0..periods.unsigned_abs() {
+                                    t = if periods < 0 {
+                                        cal.prev(t)
+                                    } else {
+                                        cal.next(t)
+                                    };
+                                }
+                                t + chrono::Duration::hours(hours)
+                                    + chrono::Duration::microseconds(micros)
+                            })
+                            .collect();
+                        bounds.sort();
+                        bounds.dedup();
+                        let mut s = snap(&[]);
+                        for (i, w) in bounds.windows(2).enumerate() {
+                            if filled[i % filled.len()] {
+                                let name = format!("other_{i}");
+                                s.partitions.push(Partition {
+                                    name: RelName {
+                                        schema: "public".into(),
+                                        name: name.clone(),
+                                    },
+                                    lower: Some(w[0]),
+                                    upper: Some(w[1]),
+                                    is_default: false,
+                                    detach_pending: false,
+                                    bound_text: String::new(),
+                                });
+                                s.names_taken.insert(name);
+                            }
+                        }
+                        if default {
+                            s.partitions.push(Partition {
+                                name: RelName {
+                                    schema: "public".into(),
+                                    name: "moh_default".into(),
+                                },
+                                lower: None,
+                                upper: None,
+                                is_default: true,
+                                detach_pending: false,
+                                bound_text: "DEFAULT".into(),
+                            });
+                            s.names_taken.insert("moh_default".into());
+                        }
+                        (tb, s, now)
+                    },
+                )
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Issue "Partitions planned from the catalog's truth", item 4: whatever the existing
+        /// bounds (aligned or not, in UTC or another zone, with holes, with a DEFAULT partition
+        /// or none), the plan never overlaps a partition, its bounds strictly increase, after
+        /// applying it every instant of the window routes to exactly one partition (but holes
+        /// older than the retention, left on purpose), and planning again plans nothing.
+        #[test]
+        fn plans_cover_the_window_exactly_and_once((tb, s, now) in arb::state()) {
+            let creates = plan(&tb, &s, now).unwrap();
+            let cal = tb.calendar();
+            let current = cal.containing(now);
+            let mut horizon = current.end;
+            for _ in 0..tb.premake {
+                horizon = cal.next(horizon);
+            }
+            let mut last: Option<DateTime<Utc>> = None;
+            let mut names = std::collections::BTreeSet::new();
+            for c in &creates {
+                proptest::prop_assert!(c.period.start < c.period.end, "{:?}", c.period);
+                if let Some(l) = last {
+                    proptest::prop_assert!(l <= c.period.start, "increasing: {:?}", creates.iter().map(|c| c.period).collect::<Vec<_>>());
+                }
+                last = Some(c.period.end);
+                for p in s.partitions.iter().filter(|p| !p.is_default) {
+                    proptest::prop_assert!(!p.overlaps(c.period.start, c.period.end), "{:?} overlaps {:?}", c.period, p);
+                }
+                proptest::prop_assert!(c.partition.name.len() <= 63);
+                proptest::prop_assert!(!s.names_taken.contains(&c.partition.name));
+                proptest::prop_assert!(names.insert(c.partition.name.clone()), "duplicate name {}", c.partition.name);
+                proptest::prop_assert!(name_fits(&tb, c.period.start, c.period.end, &c.partition.name), "{} for {:?}", c.partition.name, c.period);
+                // Each piece lies within one period of the table's calendar.
+                proptest::prop_assert!(cal.containing(c.period.start).end >= c.period.end);
+            }
+            let after = apply(&s, &creates);
+            for g in gaps(&after, current.start, horizon) {
+                proptest::prop_assert!(
+                    crate::expiry::is_expired(&tb, Some(g.end), now),
+                    "uncovered {:?} (now {}, horizon {})", g, now, horizon
+                );
+            }
+            // Every instant from now to the horizon routes to exactly one partition.
+            let mut t = now;
+            while t < horizon {
+                let n = after.partitions.iter().filter(|p| !p.is_default && p.contains(t)).count();
+                proptest::prop_assert_eq!(n, 1, "{} routes to {} partitions", t, n);
+                t += chrono::Duration::hours(7);
+            }
+            let again = plan(&tb, &after, now).unwrap();
+            proptest::prop_assert!(again.is_empty(), "second plan: {:?}", again.iter().map(|c| &c.action.label).collect::<Vec<_>>());
+        }
+    }
+
+    /// Issue "Partitions planned from the catalog's truth": the application's Alembic migration
+    /// ran in `Africa/Lagos` (+01): its partitions run from 23:00 UTC on the last day of a month.
+    /// In a UTC table, the hour between them and a UTC-made partition gets a partition, and the
+    /// month before the first of them is filled up to its bound; with `time_zone = Africa/Lagos`
+    /// the same partitions are simply aligned.
+    #[test]
+    fn lagos_made_partitions_get_no_hole_beside_them() {
+        let s = snap(&[
+            (
+                "moh_2026_11",
+                "2026-10-31T23:00:00Z",
+                "2026-11-30T23:00:00Z",
+            ),
+            (
+                "moh_2026_12",
+                "2026-11-30T23:00:00Z",
+                "2026-12-31T23:00:00Z",
+            ),
+        ]);
+        let now = t("2026-11-25T12:00:00Z");
+        let utc = plan(&table(Interval::Monthly, 3), &s, now).unwrap();
+        assert_eq!(
+            labels(&utc),
+            [
+                "create partition public.moh_2026_12_from_31230000",
+                "create partition public.moh_2027_01",
+                "create partition public.moh_2027_02",
+            ]
+        );
+        assert_eq!(utc[0].period.start, t("2026-12-31T23:00:00Z"));
+        let mut lagos = table(Interval::Monthly, 3);
+        lagos.time_zone = "Africa/Lagos".parse().unwrap();
+        let l = plan(&lagos, &s, now).unwrap();
+        assert_eq!(
+            labels(&l),
+            [
+                "create partition public.moh_2027_01",
+                "create partition public.moh_2027_02"
+            ]
+        );
+        assert_eq!(l[0].period.start, t("2026-12-31T23:00:00Z"));
+        assert_eq!(l[1].period.end, t("2027-02-28T23:00:00Z"));
+    }
+
+    #[test]
+    fn daily_periods_in_london_follow_the_clock_changes() {
+        let mut tb = table(Interval::Daily, 2);
+        tb.time_zone = "Europe/London".parse().unwrap();
+        let a = plan(&tb, &snap(&[]), t("2027-03-27T12:00:00Z")).unwrap();
+        let spans: Vec<i64> = a
+            .iter()
+            .map(|c| (c.period.end - c.period.start).num_hours())
+            .collect();
+        // 27 March (GMT), 28 March (clocks go forward: 23 h), 29 March (BST).
+        assert_eq!(spans, [24, 23, 24]);
+        assert_eq!(a[2].period.start, t("2027-03-28T23:00:00Z"));
+        assert_eq!(labels(&a)[1], "create partition public.moh_2027_03_28");
     }
 }

@@ -181,7 +181,9 @@ pub fn gaps(
     current_start: DateTime<Utc>,
     horizon: DateTime<Utc>,
 ) -> Vec<Period> {
-    let mut ranges: Vec<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = snap
+    // (lower, upper); None is MINVALUE or MAXVALUE.
+    type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let mut ranges: Vec<Bounds> = snap
         .partitions
         .iter()
         .filter(|p| !p.is_default)

@@ -186,13 +186,15 @@ async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio
     // UTC and ISO dates: bounds and archived timestamps are always written with +00 and read
     // back unambiguously. Exact float output, so an archive restores bit for bit. A backend
     // whose client vanished (killed, network gone) stops its statement within a second instead
-    // of holding locks until it finishes (PostgreSQL 14+).
+    // of holding locks until it finishes (PostgreSQL 14+). Notices (`... already exists,
+    // skipping`) are not news to an operator: only warnings and errors come back.
     client
         .execute(
             "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO, MDY', false), \
                     set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '3', false), \
                                         set_config('bytea_output', 'hex', false), set_config('statement_timeout', $1, false), \
-                    set_config('client_connection_check_interval', '1s', false)",
+                    set_config('client_connection_check_interval', '1s', false), \
+                    set_config('client_min_messages', 'warning', false)",
             &[&statement_timeout],
         )
         .await?;

@@ -60,6 +60,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0005_change_detection.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 6,
+        name: "history_pkey_name",
+        sql: include_str!("../schema/0006_history_pkey_name.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").

@@ -137,7 +137,7 @@ async fn fresh_bootstrap_creates_schema_and_partitions() {
         .query_one(
             "SELECT count(*) FROM pg_inherits i JOIN pg_index x ON x.indexrelid = i.inhrelid \
              WHERE i.inhparent IN ('idx_moh_event_market_time'::regclass, 'idx_moh_bookmaker_market'::regclass, \
-                                   'pk_market_odds_history'::regclass)",
+                                   'market_odds_history_pkey'::regclass)",
             &[],
         )
         .await

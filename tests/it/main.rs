@@ -2,6 +2,7 @@
 //! concern; every test gets a database of its own named after it.
 
 mod bootstrap;
+mod catalog_truth;
 mod check;
 mod cli;
 mod daemon;

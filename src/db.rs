@@ -209,29 +209,7 @@ impl ConnectError {
     }
 }
 
-/// A database error in one line: the server's message, SQLSTATE and detail when it has them,
-/// otherwise the client library's description with its cause.
-pub fn error_text(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
-        if let Some(d) = db.detail() {
-            s.push_str(": ");
-            s.push_str(d);
-        }
-        return s;
-    }
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let c = cause.to_string();
-        if !s.contains(&c) {
-            s.push_str(": ");
-            s.push_str(&c);
-        }
-        source = cause.source();
-    }
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
+pub use crate::dberror::error_text;
 
 /// Refuses a server in recovery (a standby): partwarden sends DDL only to a primary. Returns
 /// the one-line reason when the server is a standby.

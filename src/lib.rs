@@ -2,6 +2,10 @@
 //! `market_odds_history`'s partitions ahead of time, and (in later modules) expires old ones
 //! with verified archives and checks routing and index health.
 //!
+//! An application that only writes odds depends on this crate with `default-features = false`
+//! and compiles [`odds`] (and [`dberror`]) with tokio-postgres, serde, serde_json, chrono and
+//! thiserror, nothing else; the `daemon` feature (on by default) brings the rest.
+//!
 //! Module map (see `ARCHITECTURE.md` for the invariants that tie them together):
 //!
 //! - [`cli`]: command-line flags into a [`cli::Mode`].
@@ -17,30 +21,57 @@
 //! - [`ddl`]: the executor: every DDL action in its own transaction under lock_timeout, retried.
 //! - [`bootstrap`]: `--bootstrap`, tying the above together.
 
+#[cfg(feature = "daemon")]
 pub mod archive;
+#[cfg(feature = "daemon")]
 pub mod bootstrap;
+#[cfg(feature = "daemon")]
 pub mod catalog;
+#[cfg(feature = "daemon")]
 pub mod check;
+#[cfg(feature = "daemon")]
 pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod clock;
+#[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
 pub mod copyfmt;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
 pub mod db;
+pub mod dberror;
+#[cfg(feature = "daemon")]
 pub mod ddl;
+#[cfg(feature = "daemon")]
 pub mod expiry;
+#[cfg(feature = "daemon")]
 pub mod fault;
+#[cfg(feature = "daemon")]
 pub mod ident;
+#[cfg(feature = "daemon")]
 pub mod indexes;
+#[cfg(feature = "daemon")]
 pub mod ledger;
+#[cfg(feature = "daemon")]
 pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod migrate;
+#[cfg(feature = "daemon")]
 pub mod notify;
 pub mod odds;
+#[cfg(feature = "daemon")]
 pub mod pass;
+#[cfg(feature = "daemon")]
 pub mod period;
+#[cfg(feature = "daemon")]
 pub mod premake;
+#[cfg(feature = "daemon")]
 pub mod restore;
+#[cfg(feature = "daemon")]
 pub mod scheduler;
+#[cfg(feature = "daemon")]
 pub mod shape;
+#[cfg(feature = "daemon")]
 pub mod tls;

@@ -142,7 +142,7 @@ pub enum WriteError {
         source: tokio_postgres::Error,
     },
     /// Any other database error; its SQLSTATE is reachable with [`WriteError::code`].
-    #[error("writing odds: {}", crate::db::error_text(.0))]
+    #[error("writing odds: {}", crate::dberror::error_text(.0))]
     Db(#[source] tokio_postgres::Error),
 }
 

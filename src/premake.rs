@@ -118,7 +118,7 @@ pub fn plan(
                 ));
             }
             let period = cal.containing(t);
-            let piece = Period {
+            let mut piece = Period {
                 start: t,
                 end: period.end.min(gap.end),
             };
@@ -126,6 +126,16 @@ pub fn plan(
             // A hole older than the retention would only be expired again.
             if crate::expiry::is_expired(table, Some(piece.end), now) {
                 continue;
+            }
+            // With a DEFAULT partition, rows of a stretch being written now are in it: moving
+            // them would make writes wait (or fail). Only the part after `now + margin` is
+            // made now; the rest stays in the DEFAULT partition until a later pass finds it
+            // in the past (see `deferred`).
+            if let Some(split) = deferred(snap, piece, now) {
+                if split >= piece.end {
+                    continue;
+                }
+                piece.start = split;
             }
             let base = if piece == period {
                 expected_name(table, period.start)
@@ -171,6 +181,29 @@ pub fn plan(
         }
     }
     Ok(actions)
+}
+
+/// How far from `now` a stretch must be, with a DEFAULT partition, to be moved out of it: rows
+/// are written with the scrape's own timestamp, seconds behind the clock at most.
+pub const DEFAULT_SPLIT_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
+
+/// With a DEFAULT partition, for a stretch within [`DEFAULT_SPLIT_MARGIN`] of `now`: the instant
+/// (`now + margin`, to the next whole minute) before which it stays in the DEFAULT partition
+/// for now. `None` when the stretch can be made whole (no DEFAULT partition, or the stretch is
+/// past or future by more than the margin).
+pub fn deferred(snap: &TableSnapshot, piece: Period, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    snap.default_partition()?;
+    if piece.end <= now - DEFAULT_SPLIT_MARGIN || piece.start >= now + DEFAULT_SPLIT_MARGIN {
+        return None;
+    }
+    let t = now + DEFAULT_SPLIT_MARGIN;
+    let minute =
+        chrono::DurationRound::duration_trunc(t, chrono::Duration::minutes(1)).expect("in range");
+    Some(if minute < t {
+        minute + chrono::Duration::minutes(1)
+    } else {
+        minute
+    })
 }
 
 /// The stretches of `[.., horizon)` that no partition covers, from the earliest partition's
@@ -292,8 +325,8 @@ pub fn name_fits(
 /// scan); the main transaction moves the rows, validates that CHECK (SHARE UPDATE EXCLUSIVE:
 /// readers and writers go on while it scans), then ATTACHes, which the validated CHECK spares
 /// the scan, and drops both CHECKs. Between the two transactions rows of the range cannot go
-/// to the DEFAULT partition, so this is done only for ranges that do not hold `now`; the
-/// current period keeps the one-transaction recipe, where writes wait but never fail.
+/// to the DEFAULT partition, which is why [`plan`] never makes a stretch within
+/// [`DEFAULT_SPLIT_MARGIN`] of `now` while a DEFAULT partition exists.
 fn create_action(
     table: &TableConfig,
     snap: &TableSnapshot,
@@ -311,7 +344,13 @@ fn create_action(
     let (lo, hi) = (sql_timestamp(period.start), sql_timestamp(period.end));
     let check = quote_ident(BOUND_CHECK);
     let default = snap.default_partition();
-    let exclude = default.is_some() && !(period.start <= now && now < period.end);
+    // `plan` never makes a stretch near `now` while a DEFAULT partition exists (`deferred`).
+    let exclude = default.is_some();
+    debug_assert!(
+        default.is_none()
+            || period.end <= now - DEFAULT_SPLIT_MARGIN
+            || period.start >= now + DEFAULT_SPLIT_MARGIN
+    );
     let like = if default.is_some() {
         "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS INCLUDING INDEXES"
     } else {
@@ -870,14 +909,24 @@ pub(crate) mod tests {
                 proptest::prop_assert!(cal.containing(c.period.start).end >= c.period.end);
             }
             let after = apply(&s, &creates);
+            // Left uncovered only: holes older than the retention, and, with a DEFAULT
+            // partition, the stretch near now that stays in it until it is past.
+            let deferred_until = s
+                .default_partition()
+                .map(|_| deferred(&s, Period { start: now, end: now + chrono::Duration::seconds(1) }, now).unwrap());
+            let left_on_purpose = |g: &Period| {
+                crate::expiry::is_expired(&tb, Some(g.end), now)
+                    || deferred_until.is_some_and(|d| g.end <= d && g.end > now - DEFAULT_SPLIT_MARGIN)
+            };
             for g in gaps(&after, current.start, horizon) {
                 proptest::prop_assert!(
-                    crate::expiry::is_expired(&tb, Some(g.end), now),
+                    left_on_purpose(&g),
                     "uncovered {:?} (now {}, horizon {})", g, now, horizon
                 );
             }
-            // Every instant from now to the horizon routes to exactly one partition.
-            let mut t = now;
+            // Every instant from now (or the end of the deferred stretch) to the horizon
+            // routes to exactly one partition.
+            let mut t = deferred_until.unwrap_or(now).max(now);
             while t < horizon {
                 let n = after.partitions.iter().filter(|p| !p.is_default && p.contains(t)).count();
                 proptest::prop_assert_eq!(n, 1, "{} routes to {} partitions", t, n);

@@ -1,80 +1,61 @@
-//! systemd notifications (`sd_notify`): READY, STATUS, WATCHDOG, STOPPING.
+//! systemd notifications (`sd_notify`): READY, STATUS, WATCHDOG, STOPPING, through the
+//! `sd-notify` crate.
 //!
-//! A datagram to the socket named by `NOTIFY_SOCKET` (a path, or `@name` for the abstract
-//! namespace). Everything here is a no-op when the variable is unset, so the daemon runs the
-//! same under systemd, in a terminal and in tests (which provide a socket of their own).
+//! Everything here is a no-op when `NOTIFY_SOCKET` is unset, so the daemon runs the same under
+//! systemd, in a terminal and in tests (which provide a socket of their own). A notification
+//! that cannot be delivered is logged at debug level and otherwise ignored: it is never worth
+//! stopping the daemon for.
 
-use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-/// Where notifications go, if anywhere.
-#[derive(Debug)]
+use sd_notify::NotifyState;
+
+/// Sends notifications to the service manager, if there is one.
+#[derive(Debug, Default)]
 pub struct Notifier {
-    socket: Option<(UnixDatagram, String)>,
+    /// Whether `NOTIFY_SOCKET` was set at start.
+    enabled: bool,
 }
 
 impl Notifier {
-    /// From `NOTIFY_SOCKET`; a no-op notifier when it is unset or unusable.
+    /// From `NOTIFY_SOCKET`; a no-op notifier when it is unset.
     pub fn from_env() -> Notifier {
-        let socket = std::env::var("NOTIFY_SOCKET")
-            .ok()
-            .filter(|s| !s.is_empty())
-            .and_then(|path| match UnixDatagram::unbound() {
-                Ok(s) => Some((s, path)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot create a socket for systemd notifications");
-                    None
-                }
-            });
-        Notifier { socket }
+        Notifier {
+            enabled: std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty()),
+        }
     }
 
-    /// Sends `state` (e.g. `READY=1`). Failures are logged at debug level and otherwise ignored:
-    /// a notification is never worth stopping the daemon for.
-    pub fn send(&self, state: &str) {
-        let Some((socket, path)) = &self.socket else {
+    fn send(&self, state: NotifyState<'_>) {
+        if !self.enabled {
             return;
-        };
-        let result = if let Some(name) = path.strip_prefix('@') {
-            use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
-        } else {
-            socket.send_to(state.as_bytes(), path)
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, state, "systemd notification not delivered");
+        }
+        if let Err(e) = sd_notify::notify(&[state.clone()]) {
+            tracing::debug!(error = %e, state = %state, "systemd notification not delivered");
         }
     }
 
     /// `READY=1`.
     pub fn ready(&self) {
-        self.send("READY=1");
+        self.send(NotifyState::Ready);
     }
 
     /// `STATUS=...` (one line).
     pub fn status(&self, text: &str) {
-        self.send(&format!("STATUS={}", text.replace('\n', " ")));
+        self.send(NotifyState::Status(&text.replace('\n', " ")));
     }
 
     /// `WATCHDOG=1`.
     pub fn watchdog(&self) {
-        self.send("WATCHDOG=1");
+        self.send(NotifyState::Watchdog);
     }
 
     /// `STOPPING=1`.
     pub fn stopping(&self) {
-        self.send("STOPPING=1");
+        self.send(NotifyState::Stopping);
     }
 }
 
-/// The watchdog period systemd asks for (`WATCHDOG_USEC`), if any.
+/// The watchdog period systemd asks for (`WATCHDOG_USEC`, for this process), if any.
 pub fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID")
-        && pid.parse::<u32>().ok() != Some(std::process::id())
-    {
-        return None;
-    }
-    (usec > 0).then(|| Duration::from_micros(usec))
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
 }

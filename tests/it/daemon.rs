@@ -129,9 +129,10 @@ fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(60) {
             if let Ok(n) = socket.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                // One datagram may carry several newline-terminated assignments.
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let mut got = sink.lock().unwrap();
+                got.extend(text.lines().map(str::to_string));
             }
         }
     });

@@ -29,7 +29,7 @@ impl Notifier {
         if !self.enabled {
             return;
         }
-        if let Err(e) = sd_notify::notify(&[state.clone()]) {
+        if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
             tracing::debug!(error = %e, state = %state, "systemd notification not delivered");
         }
     }

@@ -142,23 +142,26 @@ impl Role {
 /// itself rather than spawned, so the loop is the only owner of the session at all times.
 type Running = Pin<Box<dyn Future<Output = (Client, pass::Report)>>>;
 
-/// Runs the daemon until SIGTERM or SIGINT. Returns an error only when it cannot start.
-pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until `shutdown` completes. Returns an error only when it cannot start.
+///
+/// The daemon runs until `shutdown` completes (in the manner of mini-redis's
+/// `server::run(listener, shutdown)`): the binary passes [`signals`], a test may pass anything.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
     let notifier = Arc::new(Notifier::from_env());
     let mut config = Arc::new(config);
     let io = |what: &str, e: std::io::Error| DaemonError::Io(format!("{what}: {e}"));
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| io("SIGTERM handler", e))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| io("SIGINT handler", e))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| io("SIGHUP handler", e))?;
-    // Shutdown is a value every bounded call can watch, not only the loop's select.
-    let (shutdown_tx, shutdown) = watch::channel(false);
+    // Shutdown becomes a value every bounded call can watch, not only the loop's select.
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        shutdown.await;
         let _ = shutdown_tx.send(true);
     });
+    let shutdown = shutdown_rx;
     let mut metrics_server = start_metrics(&config).await?;
 
     let gate = Arc::new(Gate::default());
@@ -415,6 +418,20 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     }
     tracing::info!("partwarden daemon stopped");
     Ok(())
+}
+
+/// Completes on the first SIGTERM or SIGINT: the daemon's shutdown in production. Fails only
+/// when the handlers cannot be installed.
+pub fn signals() -> Result<impl Future<Output = ()> + Send + 'static, DaemonError> {
+    let io = |what: &str, e: std::io::Error| DaemonError::Io(format!("{what}: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| io("SIGTERM handler", e))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| io("SIGINT handler", e))?;
+    Ok(async move {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
 }
 
 async fn start_metrics(

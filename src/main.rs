@@ -105,7 +105,14 @@ fn main() -> ExitCode {
                     eprintln!("partwarden: --dry-run needs a mode (--bootstrap, --run-once, --restore); the daemon has none");
                     return 2;
                 }
-                match daemon::run(args.config.clone(), config.clone()).await {
+                let shutdown = match daemon::signals() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("partwarden: daemon cannot start: {e}");
+                        return EXIT_FAILED;
+                    }
+                };
+                match daemon::run(args.config.clone(), config.clone(), shutdown).await {
                     Ok(()) => EXIT_OK,
                     Err(e) => {
                         eprintln!("partwarden: daemon cannot start: {e}");

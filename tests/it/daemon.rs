@@ -732,3 +732,48 @@ async fn idle_metrics_connections_neither_exhaust_descriptors_nor_spin() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0), "{}", d.log());
 }
+
+/// The daemon as a library call that runs until the future it is given completes, driven
+/// here without any signal (issue "One plan, many renderers": shutdown as a future).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_runs_until_its_shutdown_future_completes() {
+    let db = TestDb::new("daemon_future").await;
+    let config_path = daemon_config(&db, "");
+    let config = partwarden::config::Config::load(&config_path).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = partwarden::daemon::run(config_path, config, async move {
+        let _ = stopped.await;
+    });
+    let c = db.client().await;
+    // Polled together with the daemon in this task: wait for two passes, then stop it.
+    let driver = async {
+        let started = Instant::now();
+        let passes = async || -> i64 {
+            c.query_one(
+                "SELECT count(*) FROM partwarden.partition_events WHERE step = 'pass'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        };
+        while passes().await < 2 && started.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let n = passes().await;
+        stop.send(()).unwrap();
+        (n, Instant::now())
+    };
+    let (result, (passes, asked)) = tokio::time::timeout(Duration::from_secs(40), async {
+        tokio::join!(daemon, driver)
+    })
+    .await
+    .expect("the daemon stopped when its future completed");
+    assert!(passes >= 2, "passes on schedule: {passes}");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+}

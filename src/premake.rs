@@ -551,6 +551,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// The DEFAULT partition `moh_default`.
+    fn default_partition() -> Partition {
+        Partition {
+            name: RelName {
+                schema: "public".into(),
+                name: "moh_default".into(),
+            },
+            lower: None,
+            upper: None,
+            is_default: true,
+            detach_pending: false,
+            bound_text: "DEFAULT".into(),
+        }
+    }
+
     fn labels(creates: &[Create]) -> Vec<String> {
         creates.iter().map(|c| c.action.label.clone()).collect()
     }
@@ -699,17 +714,7 @@ pub(crate) mod tests {
             "2026-11-01T00:00:00Z",
             "2026-12-01T00:00:00Z",
         )]);
-        s.partitions.push(Partition {
-            name: RelName {
-                schema: "public".into(),
-                name: "moh_default".into(),
-            },
-            lower: None,
-            upper: None,
-            is_default: true,
-            detach_pending: false,
-            bound_text: "DEFAULT".into(),
-        });
+        s.partitions.push(default_partition());
         let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert_eq!(a.len(), 1);
         assert!(
@@ -854,17 +859,7 @@ pub(crate) mod tests {
                             }
                         }
                         if default {
-                            s.partitions.push(Partition {
-                                name: RelName {
-                                    schema: "public".into(),
-                                    name: "moh_default".into(),
-                                },
-                                lower: None,
-                                upper: None,
-                                is_default: true,
-                                detach_pending: false,
-                                bound_text: "DEFAULT".into(),
-                            });
+                            s.partitions.push(default_partition());
                             s.names_taken.insert("moh_default".into());
                         }
                         (tb, s, now)

@@ -6,7 +6,7 @@ use chrono::{DateTime, Duration, Months, NaiveDate, TimeZone, Utc};
 use serde_json::Value;
 
 use crate::bootstrap::ALEMBIC_DDL;
-use crate::support::{TestDb, partwarden, path_str};
+use crate::support::{TestDb, check_json, partwarden, path_str};
 
 /// The first day of the month `offset` months from now's, as a local date.
 fn month_date(offset: i32) -> NaiveDate {
@@ -98,16 +98,6 @@ async fn refused(db: &TestDb, instants: &[DateTime<Utc>]) -> Vec<DateTime<Utc>> 
     }
     tx.rollback().await.unwrap();
     out
-}
-
-fn check_json(config: &std::path::Path) -> (i32, Value) {
-    let (code, out, err) = partwarden(
-        &["--config", path_str(config), "--check", "--format", "json"],
-        &[],
-    );
-    let v: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
-    (code, v)
 }
 
 fn check_of<'a>(report: &'a Value, id: &str) -> &'a Value {

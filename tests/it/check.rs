@@ -4,7 +4,7 @@ use chrono::{Months, Utc};
 use partwarden::period::Interval;
 use serde_json::Value;
 
-use crate::support::{TestDb, partwarden, path_str};
+use crate::support::{TestDb, check_json, partwarden, path_str};
 
 fn month(back_or_ahead: i32) -> String {
     let start = Interval::Monthly.floor(Utc::now());
@@ -24,17 +24,6 @@ async fn healthy(db: &TestDb) -> std::path::PathBuf {
     let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     config
-}
-
-/// Runs `--check --format json`: (exit code, the report).
-fn check_json(config: &std::path::Path) -> (i32, Value) {
-    let (code, out, err) = partwarden(
-        &["--config", path_str(config), "--check", "--format", "json"],
-        &[],
-    );
-    let v: Value =
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
-    (code, v)
 }
 
 fn status_of<'a>(report: &'a Value, id: &str) -> Vec<&'a str> {

@@ -22,6 +22,16 @@ fn table_dir(db: &TestDb) -> PathBuf {
         .join("public.market_odds_history")
 }
 
+/// A new database with the default configuration, bootstrapped by the real binary: (the
+/// database, its configuration file, a session).
+async fn fresh(test: &str) -> (TestDb, PathBuf, tokio_postgres::Client) {
+    let db = TestDb::new(test).await;
+    let config = db.write_config("", "");
+    bootstrap_cli(&config);
+    let c = db.client().await;
+    (db, config, c)
+}
+
 /// `lines_hash` of every archive data file in `dir`, by file name.
 fn archives_in(dir: &Path) -> Vec<(String, String)> {
     let mut v = Vec::new();
@@ -47,10 +57,7 @@ fn archives_in(dir: &Path) -> Vec<(String, String)> {
 /// held the old rows.
 #[tokio::test]
 async fn changes_after_the_archive_are_never_dropped_unarchived() {
-    let db = TestDb::new("changed_after_archive").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (db, config, c) = fresh("changed_after_archive").await;
     let original = old_partition(&c, 8).await;
     let (code, out, err) = run_once(&config, &[("PARTWARDEN_FAILPOINT", "after_verify")]);
     assert_ne!(code, 0, "aborted at the failpoint: {out}{err}");
@@ -90,10 +97,7 @@ async fn changes_after_the_archive_are_never_dropped_unarchived() {
 /// went to the same file names, the second overwrote the first, and 7 rows were lost.
 #[tokio::test]
 async fn same_named_partitions_in_two_schemas_get_two_archives() {
-    let db = TestDb::new("two_schemas").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (db, config, c) = fresh("two_schemas").await;
     let (lo8, lo7, lo6) = (start(8), start(7), start(7) + Months::new(1));
     c.batch_execute(&format!(
         "CREATE SCHEMA other;
@@ -127,10 +131,7 @@ async fn same_named_partitions_in_two_schemas_get_two_archives() {
 /// and their directories 0755.
 #[tokio::test]
 async fn archive_files_are_private_whatever_the_umask() {
-    let db = TestDb::new("archive_modes").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (db, config, c) = fresh("archive_modes").await;
     old_partition(&c, 8).await;
     let mut cmd = std::process::Command::new("sh");
     cmd.arg("-c")
@@ -249,10 +250,7 @@ async fn a_partition_larger_than_statement_timeout_still_archives() {
 /// second archive version beside the first and drops the table then.
 #[tokio::test]
 async fn a_change_just_before_the_drop_is_caught_under_its_lock() {
-    let db = TestDb::new("changed_before_drop").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (db, config, c) = fresh("changed_before_drop").await;
     let original = old_partition(&c, 8).await;
     let p = name(8);
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_partwarden"))
@@ -331,10 +329,7 @@ fn partwarden_at(offset: &str, args: &[&str]) -> (i32, String, String) {
 /// the partition being written now; `--dry-run --now` showed its DETACH and DROP.
 #[tokio::test]
 async fn a_host_clock_months_ahead_expires_nothing() {
-    let db = TestDb::new("clock_ahead").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (db, config, c) = fresh("clock_ahead").await;
     let current = name(0);
     c.batch_execute(
         "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at)

@@ -28,6 +28,17 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs `--check --format json`: (exit code, the report).
+pub fn check_json(config: &Path) -> (i32, serde_json::Value) {
+    let (code, out, err) = partwarden(
+        &["--config", path_str(config), "--check", "--format", "json"],
+        &[],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}\n{err}"));
+    (code, v)
+}
+
 /// Runs `partwarden --bootstrap` with `config`, asserting that it succeeds.
 pub fn bootstrap_cli(config: &Path) {
     let (code, out, err) = partwarden(&["--config", path_str(config), "--bootstrap"], &[]);

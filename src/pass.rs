@@ -680,22 +680,23 @@ fn describe_expiry(
     has_default: bool,
 ) -> String {
     let parent = RelName::from(&table.name);
-    let p = task.partition.quoted();
+    let p = &task.partition;
+    let lock_timeout = policy.lock_timeout.as_millis();
     let mut s = format!("-- expire {}: {}\n", task.partition, task.reason);
     match task.start {
         Start::Attached if has_default => s.push_str(&format!(
-            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nALTER TABLE {} DETACH PARTITION {p};\nCOMMIT;\n",
-            policy.lock_timeout.as_millis(),
-            parent.quoted()
+            "BEGIN;\nSET LOCAL lock_timeout = '{lock_timeout}ms';\n{};\nCOMMIT;\n",
+            sql::detach(&parent, p, false)
         )),
         Start::Attached => s.push_str(&format!(
-            "SET lock_timeout = 0; -- bounded by statement_timeout ({}s) instead\nALTER TABLE {} DETACH PARTITION {p} CONCURRENTLY;\nRESET lock_timeout;\n",
+            "SET lock_timeout = 0; -- bounded by statement_timeout ({}s) instead\n{};\nRESET lock_timeout;\n",
             config.database.statement_timeout.as_secs(),
-            parent.quoted()
+            sql::detach(&parent, p, true)
         )),
         Start::PendingDetach => s.push_str(&format!(
-            "BEGIN;\nSET LOCAL lock_timeout = 0;\nALTER TABLE {} DETACH PARTITION {p} FINALIZE;\nCOMMIT;\n",
-            parent.quoted()
+            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\n{};\nCOMMIT;\n",
+            config.database.statement_timeout.as_millis(),
+            sql::finalize(&parent, p)
         )),
         Start::Detached => s.push_str("-- already detached\n"),
         Start::Vanished => {
@@ -705,30 +706,79 @@ fn describe_expiry(
     }
     match table.on_expiry {
         OnExpiry::Archive => {
-            let paths = archive::paths(&config.maintenance.archive_dir, &parent, &task.partition);
+            let dir = &config.maintenance.archive_dir;
+            let paths = archive::latest(dir, &parent, p)
+                .unwrap_or_else(|| archive::paths(dir, &parent, p));
             s.push_str(&format!(
-                "COPY {p} TO STDOUT; -- zstd into {} with manifest {}, read back, SHA-256 and count(*) verified\n",
+                "{}; -- zstd into {} (or the next free version) with its manifest, read back: size, SHA-256, rows and content digest verified\n",
+                sql::reread(p),
                 paths.data.display(),
-                paths.manifest.display()
             ));
             if let Some(cmd) = &config.maintenance.archive_command {
                 s.push_str(&format!("-- archive_command for both files: {cmd}\n"));
             }
             s.push_str(&format!(
-                "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nLOCK TABLE {p} IN ACCESS EXCLUSIVE MODE;\nSELECT count(*) FROM {p}; -- must equal the archive's rows\nDROP TABLE {p};\nCOMMIT;\n",
-                policy.lock_timeout.as_millis()
+                "BEGIN;\nSET LOCAL lock_timeout = '{lock_timeout}ms';\n{};\n{}; -- its content digest must equal the archive's, else the table is kept\n{};\nCOMMIT;\n",
+                sql::lock(p),
+                sql::reread(p),
+                sql::drop(p)
             ));
         }
         OnExpiry::Detach => s.push_str(&format!(
-            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nCREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA};\nALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA};\nCOMMIT;\n",
-            policy.lock_timeout.as_millis()
+            "BEGIN;\nSET LOCAL lock_timeout = '{lock_timeout}ms';\n{}; -- unless it exists\n{};\nCOMMIT;\n",
+            sql::create_archive_schema(),
+            sql::move_to_archive_schema(p)
         )),
         OnExpiry::Drop => s.push_str(&format!(
-            "BEGIN;\nSET LOCAL lock_timeout = '{}ms';\nDROP TABLE {p};\nCOMMIT;\n",
-            policy.lock_timeout.as_millis()
+            "BEGIN;\nSET LOCAL lock_timeout = '{lock_timeout}ms';\n{};\nCOMMIT;\n",
+            sql::drop(p)
         )),
     }
     s
+}
+
+/// The statements of an expiry, built in one place for the executor and for `--dry-run`, so
+/// that what a dry run prints is what runs.
+mod sql {
+    use super::ARCHIVE_SCHEMA;
+    use crate::catalog::RelName;
+
+    pub fn detach(parent: &RelName, p: &RelName, concurrently: bool) -> String {
+        format!(
+            "ALTER TABLE {} DETACH PARTITION {}{}",
+            parent.quoted(),
+            p.quoted(),
+            if concurrently { " CONCURRENTLY" } else { "" }
+        )
+    }
+
+    pub fn finalize(parent: &RelName, p: &RelName) -> String {
+        format!(
+            "ALTER TABLE {} DETACH PARTITION {} FINALIZE",
+            parent.quoted(),
+            p.quoted()
+        )
+    }
+
+    pub fn create_archive_schema() -> String {
+        format!("CREATE SCHEMA {ARCHIVE_SCHEMA}")
+    }
+
+    pub fn move_to_archive_schema(p: &RelName) -> String {
+        format!("ALTER TABLE {} SET SCHEMA {ARCHIVE_SCHEMA}", p.quoted())
+    }
+
+    pub fn lock(p: &RelName) -> String {
+        format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", p.quoted())
+    }
+
+    pub fn reread(p: &RelName) -> String {
+        format!("COPY {} TO STDOUT", p.quoted())
+    }
+
+    pub fn drop(p: &RelName) -> String {
+        format!("DROP TABLE {}", p.quoted())
+    }
 }
 
 /// One expiry in progress.
@@ -789,11 +839,7 @@ impl Expiring<'_> {
         let id = ledger::start(&*client, &self.event(Step::Detach))
             .await
             .map_err(|e| error_text(&e))?;
-        let sql = format!(
-            "ALTER TABLE {} DETACH PARTITION {} CONCURRENTLY",
-            self.parent.quoted(),
-            self.task.partition.quoted()
-        );
+        let sql = sql::detach(self.parent, &self.task.partition, true);
         // Its wait for older transactions does not block writers, so it runs without the short
         // lock_timeout (which would cancel it half way and leave it pending), bounded by
         // statement_timeout instead.
@@ -822,11 +868,7 @@ impl Expiring<'_> {
     }
 
     async fn detach_plain(&self, client: &mut Client) -> Result<(), String> {
-        let sql = format!(
-            "ALTER TABLE {} DETACH PARTITION {}",
-            self.parent.quoted(),
-            self.task.partition.quoted()
-        );
+        let sql = sql::detach(self.parent, &self.task.partition, false);
         self.transaction(client, self.policy, "detach", Step::Detach, &[sql], None)
             .await
             .map(|_| ())
@@ -839,11 +881,7 @@ impl Expiring<'_> {
             lock_timeout: self.config.database.statement_timeout,
             retry_for: Duration::ZERO,
         };
-        let sql = format!(
-            "ALTER TABLE {} DETACH PARTITION {} FINALIZE",
-            self.parent.quoted(),
-            self.task.partition.quoted()
-        );
+        let sql = sql::finalize(self.parent, &self.task.partition);
         self.transaction(
             client,
             &long,
@@ -857,15 +895,14 @@ impl Expiring<'_> {
     }
 
     async fn move_to_archive_schema(&self, client: &mut Client) -> Result<(), String> {
-        let p = self.task.partition.quoted();
         let mut statements = Vec::new();
         if !schema_exists(client, ARCHIVE_SCHEMA)
             .await
             .map_err(|e| error_text(&e))?
         {
-            statements.push(format!("CREATE SCHEMA {ARCHIVE_SCHEMA}"));
+            statements.push(sql::create_archive_schema());
         }
-        statements.push(format!("ALTER TABLE {p} SET SCHEMA {ARCHIVE_SCHEMA}"));
+        statements.push(sql::move_to_archive_schema(&self.task.partition));
         self.transaction(client, self.policy, "move", Step::Move, &statements, None)
             .await
             .map(|_| ())
@@ -1080,9 +1117,9 @@ impl Expiring<'_> {
         let started_at = Utc::now();
         let event = self.event(Step::Drop);
         let label = format!("drop {}", self.task.partition);
-        let lock = format!("LOCK TABLE {p} IN ACCESS EXCLUSIVE MODE");
+        let lock = sql::lock(&self.task.partition);
         let count = format!("SELECT count(*) FROM {p}");
-        let drop = format!("DROP TABLE {p}");
+        let drop = sql::drop(&self.task.partition);
         let timeout = archive::statement_timeout_sql(self.config.maintenance.archive_timeout);
         let base = outcome.unwrap_or_default();
         let checked = ddl::with_lock_retry(

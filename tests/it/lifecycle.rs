@@ -547,3 +547,85 @@ async fn run_once_refuses_a_database_that_was_not_bootstrapped() {
     assert_eq!(code, 1);
     assert!(err.contains("run partwarden --bootstrap first"), "{err}");
 }
+
+/// Issue "One plan, many renderers": `--dry-run` prints what runs. The DDL statements the
+/// server receives during a real pass (captured by an event trigger, committed ones only) are
+/// each, to the letter, a statement of the dry run made just before on the same state, and
+/// every DDL statement of the dry run runs. The state has work of every kind: partitions to
+/// premake and holes to fill, a partition to expire (detach concurrently, archive, drop) and
+/// a parent index that no partition has (built concurrently and attached).
+#[tokio::test]
+async fn dry_run_prints_the_statements_the_server_receives() {
+    let db = TestDb::new("dry_run_fidelity").await;
+    let config = history(&db, &[8, 3], "", "").await;
+    let c = db.client().await;
+    c.batch_execute(&format!("DROP TABLE IF EXISTS {}", month_name(2)))
+        .await
+        .unwrap();
+    // A parent index built ON ONLY and never finished: every partition lacks it (repairs:
+    // CREATE INDEX CONCURRENTLY and ALTER INDEX ... ATTACH PARTITION, outside a transaction).
+    c.batch_execute("CREATE INDEX idx_moh_line ON ONLY market_odds_history (line)")
+        .await
+        .unwrap();
+    let (code, plan, err) = partwarden(
+        &["--config", path_str(&config), "--run-once", "--dry-run"],
+        &[],
+    );
+    assert!(code == 0 || code == 1, "{plan}{err}");
+    c.batch_execute(
+        "CREATE TABLE ddl_seen (id bigserial PRIMARY KEY, query text NOT NULL);
+         CREATE FUNCTION ddl_seen() RETURNS event_trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO ddl_seen (query) VALUES (current_query()); END $$;
+         CREATE EVENT TRIGGER ddl_seen ON ddl_command_start EXECUTE FUNCTION ddl_seen();",
+    )
+    .await
+    .unwrap();
+    let (code, out, err) = run_once(&config, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.batch_execute("DROP EVENT TRIGGER ddl_seen")
+        .await
+        .unwrap();
+    let seen: Vec<String> = c
+        .query("SELECT query FROM ddl_seen ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.get::<_, String>(0)
+                .trim()
+                .trim_end_matches(';')
+                .to_string()
+        })
+        .collect();
+    let printed: Vec<String> = plan
+        .lines()
+        .map(|l| {
+            l.split(" -- ")
+                .next()
+                .unwrap()
+                .trim()
+                .trim_end_matches(';')
+                .to_string()
+        })
+        .filter(|l| {
+            ["CREATE ", "ALTER ", "DROP "]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .collect();
+    assert!(seen.len() >= 8, "{seen:#?}");
+    for q in &seen {
+        assert!(
+            printed.contains(q),
+            "ran but not printed by --dry-run: {q}\n\nprinted:\n{}",
+            printed.join("\n")
+        );
+    }
+    for q in &printed {
+        assert!(
+            seen.contains(q),
+            "printed by --dry-run but did not run: {q}\n\nran:\n{}",
+            seen.join("\n")
+        );
+    }
+}

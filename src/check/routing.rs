@@ -1,0 +1,274 @@
+//! Routing probes: rows inserted at the edges of the current and later partitions, in a
+//! transaction that is always rolled back, land where the bounds promise.
+
+use super::*;
+
+/// Probe rows at the lower bound and the upper bound minus 1 µs of the current and every later
+/// partition, and one instant past the last, in a transaction that is always rolled back.
+pub(super) async fn routing(
+    client: &Client,
+    config: &Config,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+) -> Check {
+    let t = table.name.to_string();
+    match probe_routing(client, config, table, snap, now).await {
+        Ok(c) => c,
+        Err(e) => {
+            let (status, msg) = if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+                (
+                    Status::Warning,
+                    format!("skipped: no INSERT privilege on {t} to probe with"),
+                )
+            } else if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                (
+                    Status::Warning,
+                    "skipped: a lock on the table was not available within lock_timeout"
+                        .to_string(),
+                )
+            } else {
+                (Status::Unknown, format!("probe failed: {}", error_text(&e)))
+            };
+            check("routing", Some(&t), status, msg, json!({}))
+        }
+    }
+}
+
+async fn probe_routing(
+    client: &Client,
+    config: &Config,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+) -> Result<Check, tokio_postgres::Error> {
+    let t = table.name.to_string();
+    let rel = RelName::from(&table.name);
+    let recovery: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    if recovery {
+        return Ok(check(
+            "routing",
+            Some(&t),
+            Status::Warning,
+            "skipped: the server is in recovery (read-only), probes need a primary",
+            json!({"skipped": true}),
+        ));
+    }
+    // NULL when the table was dropped since the snapshot was read.
+    let can_insert: Option<bool> = client
+        .query_one(
+            "SELECT has_table_privilege(to_regclass($1), 'INSERT')",
+            &[&rel.quoted()],
+        )
+        .await?
+        .get(0);
+    let Some(can_insert) = can_insert else {
+        return Ok(check(
+            "routing",
+            Some(&t),
+            Status::Unknown,
+            format!("skipped: {t} was dropped while the check ran"),
+            json!({"skipped": true}),
+        ));
+    };
+    if !can_insert {
+        return Ok(check(
+            "routing",
+            Some(&t),
+            Status::Warning,
+            format!("skipped: no INSERT privilege on {t} to probe with"),
+            json!({"skipped": true}),
+        ));
+    }
+    // A value for every NOT NULL column without a default, by type category.
+    let cols = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), ty.typcategory::text, ty.typname::text \
+             FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
+               AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' AND a.attname <> $2",
+            &[&rel.quoted(), &table.partition_key.as_str()],
+        )
+        .await?;
+    let key_type: String = snap
+        .columns
+        .iter()
+        .find(|c| c.name == table.partition_key.as_str())
+        .map(|c| c.data_type.clone())
+        .unwrap_or_default();
+    let mut names = vec![table.partition_key.quoted()];
+    let mut values = vec![format!("$1::text::{key_type}")];
+    let mut params: Vec<String> = Vec::new();
+    for c in &cols {
+        let (name, ty, cat, typname): (String, String, String, String) =
+            (c.get(0), c.get(1), c.get(2), c.get(3));
+        let dummy = match (cat.as_str(), typname.as_str()) {
+            ("N", _) => "0",
+            ("S", _) => "",
+            ("B", _) => "false",
+            ("A", _) => "{}",
+            ("U", "json" | "jsonb") => "null",
+            ("U", "uuid") => "00000000-0000-0000-0000-000000000000",
+            ("D", _) => "2000-01-01 00:00:00+00",
+            _ => {
+                return Ok(check(
+                    "routing",
+                    Some(&t),
+                    Status::Warning,
+                    format!(
+                        "skipped: cannot make a probe value for NOT NULL column {name} of type {ty}"
+                    ),
+                    json!({"skipped": true}),
+                ));
+            }
+        };
+        params.push(dummy.to_string());
+        names.push(crate::ident::quote_ident(&name));
+        values.push(format!("${}::text::{ty}", params.len() + 1));
+    }
+    let sql = format!(
+        "INSERT INTO {} ({}) VALUES ({}) RETURNING tableoid::regclass::text",
+        rel.quoted(),
+        names.join(", "),
+        values.join(", ")
+    );
+    let oids = client
+        .query(
+            "SELECT c.oid::regclass::text, n.nspname::text, c.relname::text FROM pg_inherits i \
+             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE i.inhparent = to_regclass($1)",
+            &[&rel.quoted()],
+        )
+        .await?;
+    let regclass_of = |p: &RelName| {
+        oids.iter()
+            .find(|r| r.get::<_, String>(1) == p.schema && r.get::<_, String>(2) == p.name)
+            .map(|r| r.get::<_, String>(0))
+            .unwrap_or_default()
+    };
+
+    let current_start = table.calendar().containing(now).start;
+    let mut probes: Vec<(DateTime<Utc>, Option<&RelName>)> = Vec::new();
+    for p in snap
+        .partitions
+        .iter()
+        .filter(|p| !p.is_default && p.upper.is_none_or(|u| u > current_start))
+    {
+        if let Some(l) = p.lower {
+            probes.push((l, Some(&p.name)));
+        }
+        if let Some(u) = p.upper {
+            probes.push((u - chrono::Duration::microseconds(1), Some(&p.name)));
+        }
+    }
+    let default = snap.default_partition();
+    let last_upper = snap
+        .partitions
+        .iter()
+        .filter(|p| !p.is_default)
+        .filter_map(|p| p.upper)
+        .max();
+    let has_maxvalue = snap
+        .partitions
+        .iter()
+        .any(|p| !p.is_default && p.upper.is_none());
+    let past_end = if has_maxvalue { None } else { last_upper };
+    if let Some(x) = past_end {
+        probes.push((x, default.map(|d| &d.name)));
+    }
+
+    let mut wrong = Vec::new();
+    let mut results = Vec::new();
+    client.batch_execute("BEGIN").await?;
+    let outcome = async {
+        let lock_timeout = format!("{}ms", config.database.lock_timeout.as_millis());
+        client
+            .execute("SELECT set_config('lock_timeout', $1, true)", &[&lock_timeout])
+            .await?;
+        let stmt = client.prepare(&sql).await?;
+        for (at, expected) in &probes {
+            let at_text = sql_timestamp(*at).trim_matches('\'').to_string();
+            let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&at_text];
+            for p in &params {
+                args.push(p);
+            }
+            client.batch_execute("SAVEPOINT probe").await?;
+            let got = client.query_one(&stmt, &args).await;
+            let at_s = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+            match (got, expected) {
+                (Ok(row), Some(exp)) => {
+                    let landed: String = row.get(0);
+                    let want = regclass_of(exp);
+                    results.push(json!({"at": at_s, "expected": exp.to_string(), "landed": landed}));
+                    if landed != want {
+                        wrong.push(format!("{at_s} landed in {landed}, expected {exp}"));
+                    }
+                }
+                (Ok(row), None) => {
+                    let landed: String = row.get(0);
+                    results.push(json!({"at": at_s, "expected": "refused (23514)", "landed": landed}));
+                    wrong.push(format!("{at_s} past the last partition was accepted into {landed}"));
+                }
+                (Err(e), None) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                    results.push(json!({"at": at_s, "expected": "refused (23514)", "landed": "refused (23514)"}));
+                }
+                (Err(e), _) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    return Err(e);
+                }
+                (Err(e), exp) => {
+                    results.push(json!({"at": at_s, "expected": exp.map(|e| e.to_string()), "error": error_text(&e)}));
+                    let pending = exp.is_some_and(|x| snap.partitions.iter().any(|p| &p.name == x && p.detach_pending));
+                    if pending && e.code() == Some(&SqlState::CHECK_VIOLATION) {
+                        wrong.push(format!("{at_s} is refused: {} is pending detach", exp.expect("checked")));
+                    } else {
+                        wrong.push(format!("{at_s}: {}", error_text(&e)));
+                    }
+                }
+            }
+            client.batch_execute("ROLLBACK TO SAVEPOINT probe").await?;
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    let rolled_back = client.batch_execute("ROLLBACK").await;
+    outcome?;
+    rolled_back?;
+    let details = json!({"probes": results});
+    Ok(if wrong.is_empty() {
+        let end = match (past_end, default) {
+            (Some(x), None) => format!(
+                "; an instant past the last partition ({}) is refused",
+                x.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ),
+            (Some(_), Some(d)) => format!(
+                "; instants past the last partition go to the DEFAULT partition {}",
+                d.name
+            ),
+            (None, _) => String::new(),
+        };
+        check(
+            "routing",
+            Some(&t),
+            Status::Ok,
+            format!(
+                "{} probes landed where the bounds promise{end} (rolled back)",
+                probes.len()
+            ),
+            details,
+        )
+    } else {
+        check(
+            "routing",
+            Some(&t),
+            Status::Critical,
+            format!(
+                "rows are not routed as the bounds promise: {}",
+                wrong.join("; ")
+            ),
+            details,
+        )
+    })
+}

@@ -1,0 +1,375 @@
+//! One maintenance pass: finish interrupted work, create partitions ahead, expire old ones.
+//!
+//! Run by `--run-once` and by the daemon. A pass holds the pass advisory lock, so two passes
+//! (two hosts, or `--run-once` beside the daemon) never work on the same tables at once. It
+//! runs in phases over all tables: first premake (so a slow expiry can never delay next
+//! month's partition), then expiries. Every step is its own transaction or its own ledger
+//! event; a failing step is reported and the rest of the pass still runs.
+//!
+//! This module owns the pass as a whole (lock, clocks, phases, the ledger's `pass` event) and
+//! premake; its parts: [`report`] (what a pass did, and its text), `repair` (index repairs),
+//! `expire` (an expiry from wherever it stands: detach, archive, verify, ship, drop) and
+//! [`ship`] (archive_command).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::archive;
+use crate::catalog::{self, RelName, TableSnapshot};
+use crate::clock::Clocks;
+use crate::config::{Config, OnExpiry, TableConfig};
+use crate::db::{self, ConnectError, error_text};
+use crate::ddl::{self, DdlPolicy};
+use crate::expiry;
+use crate::fault;
+use crate::indexes;
+use crate::ledger::{self, Event, Step};
+use crate::metrics;
+use crate::migrate::{self, MIGRATIONS};
+use crate::premake;
+
+mod expire;
+mod repair;
+pub mod report;
+pub mod ship;
+
+use expire::expire_table;
+use repair::repair_indexes;
+pub use report::{Report, TableReport, runway_text};
+pub use ship::{child_env_removals, run_archive_command};
+
+/// Held (session-level) by whoever runs passes: `--run-once`, or the daemon's leader. The bytes
+/// of "pwpass__".
+pub const PASS_LOCK_KEY: i64 = 0x7077_7061_7373_5f5f;
+
+/// Schema that receives tables expired with `on_expiry = "detach"` and restored archives whose
+/// range is no longer free.
+pub const ARCHIVE_SCHEMA: &str = "partwarden_archive";
+
+/// How a pass runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// The instant to plan for; `None` (always, but in a `--dry-run --now`): the database
+    /// server's clock. Expiry never touches the partition holding the server's now, whatever
+    /// this says.
+    pub now: Option<DateTime<Utc>>,
+}
+
+/// Why a pass could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The schema is behind this binary.
+    #[error("the database schema is not current (pending: {0}); run partwarden --bootstrap first")]
+    SchemaBehind(String),
+    /// Migrations are in a state this binary refuses.
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    /// The server cannot take DDL.
+    #[error("{0}")]
+    Refused(String),
+    /// Another pass holds the lock.
+    #[error(
+        "another partwarden pass is running (advisory lock {PASS_LOCK_KEY} held by pid {0}); try again later"
+    )]
+    Busy(i32),
+    /// A query failed.
+    #[error("{}", error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Whether a schema exists. Asked before `CREATE SCHEMA`, because even `CREATE SCHEMA IF NOT
+/// EXISTS` needs CREATE on the database, which a least-privilege role does not have when an
+/// administrator created the schema for it.
+pub async fn schema_exists(client: &Client, schema: &str) -> Result<bool, tokio_postgres::Error> {
+    Ok(client
+        .query_one(
+            "SELECT to_regnamespace($1) IS NOT NULL",
+            &[&crate::ident::quote_ident(schema)],
+        )
+        .await?
+        .get(0))
+}
+
+/// Checks that every migration this binary knows is applied (and none was edited).
+pub async fn require_current_schema(client: &Client) -> Result<(), PassError> {
+    let applied = migrate::applied(client).await?;
+    let pending = migrate::plan(MIGRATIONS, &applied)?;
+    if !pending.is_empty() {
+        return Err(PassError::SchemaBehind(
+            pending
+                .iter()
+                .map(|m| m.id())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    Ok(())
+}
+
+/// Tries the pass lock on this session. Returns the holder's pid when another session has it.
+pub async fn try_lock(client: &Client) -> Result<Result<(), i32>, tokio_postgres::Error> {
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&PASS_LOCK_KEY])
+        .await?
+        .get(0);
+    if got {
+        return Ok(Ok(()));
+    }
+    let holder = db::advisory_holder(client, PASS_LOCK_KEY).await?;
+    Ok(Err(holder.unwrap_or(0)))
+}
+
+/// `--run-once`: connect, check the schema, take the pass lock, run one pass.
+pub async fn run_once(
+    config: &Config,
+    opts: Options,
+    out: &mut (dyn Write + Send),
+) -> Result<Report, PassError> {
+    let mut client = db::connect(&config.database).await?;
+    require_current_schema(&client).await?;
+    if !opts.dry_run {
+        db::require_primary(&client)
+            .await
+            .map_err(PassError::Refused)?;
+    }
+    if !opts.dry_run {
+        // Another pass (the daemon's, or the backend of a pass whose process was just killed
+        // and whose server side has not noticed yet) may hold the lock: wait for it, as
+        // bootstrap does, up to lock_retry_for.
+        let deadline = tokio::time::Instant::now() + config.database.lock_retry_for;
+        let mut logged = false;
+        while let Err(pid) = try_lock(&client).await? {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(PassError::Busy(pid));
+            }
+            if !logged {
+                tracing::info!(
+                    holder_pid = pid,
+                    "another pass holds the pass lock; waiting for it"
+                );
+                logged = true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+    Ok(run(&mut client, config, opts, &AtomicBool::new(false), out).await)
+}
+
+/// One pass over every configured table, on a session that holds the pass lock (or, in a dry
+/// run, any session). Never fails as a whole: failures are in the report.
+///
+/// `stop` is checked between steps: once it is set, the step in progress finishes and no new
+/// one starts (the daemon sets it on SIGTERM); the ledger lets the next pass go on.
+pub async fn run(
+    client: &mut Client,
+    config: &Config,
+    opts: Options,
+    stop: &AtomicBool,
+    out: &mut (dyn Write + Send),
+) -> Report {
+    fault::pause("pass_start").await;
+    let policy = DdlPolicy::from_config(&config.database);
+    let mut report = Report {
+        dry_run: opts.dry_run,
+        tables: config.tables.iter().map(TableReport::new).collect(),
+    };
+    let clocks = match Clocks::read(&*client).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("reading the server's clock: {}", error_text(&e));
+            for tr in &mut report.tables {
+                tr.errors.push(msg.clone());
+            }
+            return report;
+        }
+    };
+    if let Err(why) = clocks.check(config.database.max_clock_skew) {
+        for tr in &mut report.tables {
+            if opts.dry_run {
+                tr.notes.push(why.clone());
+            } else {
+                tr.errors.push(why.clone());
+            }
+        }
+        if !opts.dry_run {
+            tracing::error!("{why}");
+            return report;
+        }
+    }
+    let now = opts.now.unwrap_or(clocks.server);
+    let started_at = clocks.server;
+    // The archive directory exists from the first pass on, so that --check can tell a missing
+    // one (removed, unmounted) from one that was never needed yet.
+    if !opts.dry_run
+        && config
+            .tables
+            .iter()
+            .any(|t| t.on_expiry == OnExpiry::Archive)
+        && let Err(e) = archive::create_private_dir(&config.maintenance.archive_dir)
+    {
+        let msg = format!(
+            "archive directory {}: {e}",
+            config.maintenance.archive_dir.display()
+        );
+        for (t, tr) in config.tables.iter().zip(report.tables.iter_mut()) {
+            if t.on_expiry == OnExpiry::Archive {
+                tr.errors.push(msg.clone());
+            }
+        }
+    }
+    let mut ctx = Ctx {
+        config,
+        policy: &policy,
+        dry_run: opts.dry_run,
+        now,
+        server_now: clocks.server,
+        stop,
+        out,
+    };
+    // Phase 1: partitions ahead, for every table, before any expiry can take time.
+    let mut manageable = vec![false; config.tables.len()];
+    for (i, table) in config.tables.iter().enumerate() {
+        let tr = &mut report.tables[i];
+        match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
+            Ok(snap) => {
+                manageable[i] = premake_table(client, &mut ctx, table, &snap, tr).await;
+            }
+            Err(e) => tr
+                .errors
+                .push(format!("reading the catalog: {}", error_text(&e))),
+        }
+    }
+    // Phase 2: index repairs.
+    for (i, table) in config.tables.iter().enumerate() {
+        if manageable[i] {
+            repair_indexes(client, &mut ctx, table, &mut report.tables[i]).await;
+        }
+    }
+    // Phase 3: expiries.
+    for (i, table) in config.tables.iter().enumerate() {
+        if manageable[i] {
+            expire_table(client, &mut ctx, table, &mut report.tables[i]).await;
+        }
+    }
+    if !opts.dry_run {
+        for (i, table) in config.tables.iter().enumerate() {
+            let tr = &mut report.tables[i];
+            match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
+                Ok(snap) if snap.exists => tr.runway = Some(premake::runway(table, &snap, now)),
+                Ok(_) => {}
+                Err(e) => tr
+                    .errors
+                    .push(format!("reading the catalog: {}", error_text(&e))),
+            }
+            let event = Event {
+                table: &RelName::from(&table.name),
+                partition: None,
+                lower: None,
+                upper: None,
+                step: Step::Pass,
+            };
+            let outcome = ledger::Outcome {
+                rows: Some((tr.created.len() + tr.expired.len()) as i64),
+                error: (!tr.errors.is_empty()).then(|| tr.errors.join("; ")),
+                ..Default::default()
+            };
+            if let Err(e) = ledger::record(&*client, &event, started_at, &outcome).await {
+                tr.errors.push(format!(
+                    "recording the pass in the ledger: {}",
+                    error_text(&e)
+                ));
+            }
+        }
+    }
+    report
+}
+
+/// What every step of a pass needs besides the session and the table.
+pub struct Ctx<'a> {
+    /// The configuration of this pass.
+    pub config: &'a Config,
+    /// Lock timeout and retries of DDL.
+    pub policy: &'a DdlPolicy,
+    /// Print the plan and change nothing.
+    pub dry_run: bool,
+    /// The instant plans are made for (the server's clock, or `--now` in a dry run).
+    pub now: DateTime<Utc>,
+    /// The server's clock: expiry never touches the partition holding it or a later one.
+    pub server_now: DateTime<Utc>,
+    /// Set to stop between steps.
+    pub stop: &'a AtomicBool,
+    /// Where `--dry-run` prints the plan.
+    pub out: &'a mut (dyn Write + Send),
+}
+
+/// Creates the partitions `table` needs. Returns whether the table can be managed at all.
+pub async fn premake_table(
+    client: &mut Client,
+    ctx: &mut Ctx<'_>,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    tr: &mut TableReport,
+) -> bool {
+    let creates = match premake::plan(table, snap, ctx.now) {
+        Ok(c) => c,
+        Err(e) => {
+            tr.errors.push(e);
+            return false;
+        }
+    };
+    let parent = RelName::from(&table.name);
+    for c in &creates {
+        if ctx.stop.load(Ordering::SeqCst) {
+            tr.notes
+                .push("stopping: the remaining partitions are left to the next pass".into());
+            break;
+        }
+        if ctx.dry_run {
+            if let Some(prepare) = &c.prepare {
+                let _ = writeln!(ctx.out, "{}", prepare.to_sql(ctx.policy));
+            }
+            let _ = writeln!(ctx.out, "{}", c.action.to_sql(ctx.policy));
+            tr.created.push(c.partition.to_string());
+            continue;
+        }
+        let event = Event {
+            table: &parent,
+            partition: Some(&c.partition),
+            lower: Some(c.period.start),
+            upper: Some(c.period.end),
+            step: Step::Create,
+        };
+        if let Some(prepare) = &c.prepare
+            && let Err(e) = ddl::execute(client, ctx.policy, prepare, None).await
+        {
+            tr.errors.push(e.to_string());
+            break;
+        }
+        match ddl::execute(client, ctx.policy, &c.action, Some(&event)).await {
+            Ok(outcome) => {
+                let moved: u64 = outcome.rows.iter().sum();
+                if moved > 0 {
+                    tracing::info!(partition = %c.partition, rows = moved, "rows moved out of the DEFAULT partition");
+                }
+                tr.created.push(c.partition.to_string());
+                metrics::add(&metrics::PARTITIONS_CREATED, 1);
+            }
+            Err(e) => {
+                // Later periods depend on nothing here, but a failure usually means the same
+                // lock is in the way: stop for this table and let the next pass retry.
+                tr.errors.push(e.to_string());
+                break;
+            }
+        }
+    }
+    true
+}

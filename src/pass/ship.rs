@@ -1,0 +1,143 @@
+//! `archive_command`: each verified archive file handed to the operator's command, in a process
+//! group of its own (killed whole on timeout) and without any database secret in its
+//! environment.
+
+use super::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs `archive_command` for one file, with `%p`, `%f` and `%%` replaced (paths quoted for the
+/// shell).
+///
+/// The command runs in a process group of its own, and on timeout the whole group is killed:
+/// killing only `sh` would leave its children running, reparented to init. It gets this
+/// process's environment less every database secret ([`child_env_removals`]).
+pub async fn run_archive_command(
+    cmd: &str,
+    path: &Path,
+    timeout: Duration,
+    database: &crate::config::DatabaseConfig,
+) -> Result<(), String> {
+    let file = path
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    let expanded = expand_command(cmd, &path.display().to_string(), file);
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(&expanded)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for key in child_env_removals(database) {
+        command.env_remove(key);
+    }
+    let child = command
+        .spawn()
+        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            if let Some(pgid) = pgid {
+                // The group's leader is sh itself; its children share the group.
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            Err(format!(
+                "killed (with its process group) after {timeout:?} for {file}"
+            ))
+        }
+        Ok(Err(e)) => Err(format!("waiting for it: {e}")),
+        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr
+                .lines()
+                .last()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
+            Err(format!(
+                "{} for {file}: {}",
+                out.status,
+                crate::config::redact_url(&last)
+            ))
+        }
+    }
+}
+
+/// The environment variables a child process must not inherit: libpq's (`PG*`: `PGPASSWORD`,
+/// `PGPASSFILE`, ...), partwarden's own overrides (`PARTWARDEN*`, which may hold the database
+/// URL), and any other whose value contains the database password or connection string.
+pub fn child_env_removals(database: &crate::config::DatabaseConfig) -> Vec<std::ffi::OsString> {
+    let mut secrets: Vec<String> = Vec::new();
+    if let Some(p) = &database.password {
+        secrets.push(p.clone());
+    }
+    if let Ok((cfg, _)) = db::pg_config(database)
+        && let Some(p) = cfg.get_password()
+    {
+        secrets.push(String::from_utf8_lossy(p).into_owned());
+    }
+    secrets.push(database.url.clone());
+    secrets.retain(|s| !s.is_empty());
+    std::env::vars_os()
+        .filter(|(k, v)| {
+            let k = k.to_string_lossy();
+            let v = v.to_string_lossy();
+            k.starts_with("PG")
+                || k.starts_with("PARTWARDEN")
+                || secrets.iter().any(|s| v.contains(s.as_str()))
+        })
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// PostgreSQL-style `%p` / `%f` / `%%` expansion, with single-quoted shell words.
+fn expand_command(cmd: &str, path: &str, file: &str) -> String {
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut out = String::new();
+    let mut chars = cmd.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '%' {
+            match chars.peek() {
+                Some('p') => {
+                    chars.next();
+                    out.push_str(&quote(path));
+                }
+                Some('f') => {
+                    chars.next();
+                    out.push_str(&quote(file));
+                }
+                Some('%') => {
+                    chars.next();
+                    out.push('%');
+                }
+                _ => out.push('%'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_command_expansion_quotes_paths() {
+        assert_eq!(
+            expand_command(
+                "cp %p /backup/%f && echo 100%%",
+                "/a b/it's.zst",
+                "it's.zst"
+            ),
+            "cp '/a b/it'\\''s.zst' /backup/'it'\\''s.zst' && echo 100%"
+        );
+    }
+}

@@ -405,7 +405,7 @@ pub async fn run(
     {
         // Closing the session releases the lock too; this only says so sooner, and waits for
         // no stalled server.
-        let unlock = c.execute("SELECT pg_advisory_unlock($1)", &[&pass::PASS_LOCK_KEY]);
+        let unlock = crate::lock::release(&c, crate::lock::Lock::Pass);
         match tokio::time::timeout(UNLOCK_WAIT, unlock).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %db::error_text(&e), "releasing the leader lock"),

@@ -224,19 +224,3 @@ pub async fn require_primary(client: &Client) -> Result<(), String> {
     }
     Ok(())
 }
-
-/// The backend pid holding the session advisory lock `key` (a bigint key: `classid` holds its
-/// high half, `objid` its low half), if any.
-pub async fn advisory_holder(
-    client: &Client,
-    key: i64,
-) -> Result<Option<i32>, tokio_postgres::Error> {
-    Ok(client
-        .query_one(
-            "SELECT min(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
-             AND (classid::bigint << 32 | objid::bigint) = $1",
-            &[&key],
-        )
-        .await?
-        .get(0))
-}

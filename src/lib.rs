@@ -55,6 +55,8 @@ pub mod indexes;
 #[cfg(feature = "daemon")]
 pub mod ledger;
 #[cfg(feature = "daemon")]
+pub mod lock;
+#[cfg(feature = "daemon")]
 pub mod metrics;
 #[cfg(feature = "daemon")]
 pub mod migrate;

@@ -69,7 +69,7 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").
-pub const BOOTSTRAP_LOCK_KEY: i64 = 0x7077_626f_6f74_7374;
+pub const BOOTSTRAP_LOCK_KEY: i64 = crate::lock::Lock::Bootstrap.key();
 
 /// The bookkeeping schema and table, created with the first migration step.
 const BOOKKEEPING: &str = "\
@@ -285,31 +285,15 @@ pub async fn steps<'a>(
 
 /// Takes the bootstrap advisory lock, waiting up to `wait` for another bootstrap to finish.
 pub async fn lock(client: &Client, wait: std::time::Duration) -> Result<(), MigrateError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&BOOTSTRAP_LOCK_KEY])
-            .await?
-            .get(0);
-        if got {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let holder = crate::db::advisory_holder(client, BOOTSTRAP_LOCK_KEY).await?;
-            return Err(MigrateError::Busy {
-                holder: holder.unwrap_or(0),
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    match crate::lock::take(client, crate::lock::Lock::Bootstrap, wait).await? {
+        Ok(()) => Ok(()),
+        Err(holder) => Err(MigrateError::Busy { holder }),
     }
 }
 
 /// Releases the bootstrap lock (also released when the session ends).
 pub async fn unlock(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK_KEY])
-        .await
-        .map(|_| ())
+    crate::lock::release(client, crate::lock::Lock::Bootstrap).await
 }
 
 /// Runs one step in its own transaction under lock_timeout, with retries.

@@ -28,6 +28,7 @@ use crate::expiry;
 use crate::fault;
 use crate::indexes;
 use crate::ledger::{self, Event, Step};
+use crate::lock::{self, Lock};
 use crate::metrics;
 use crate::migrate::{self, MIGRATIONS};
 use crate::premake;
@@ -44,7 +45,7 @@ pub use ship::{child_env_removals, run_archive_command};
 
 /// Held (session-level) by whoever runs passes: `--run-once`, or the daemon's leader. The bytes
 /// of "pwpass__".
-pub const PASS_LOCK_KEY: i64 = 0x7077_7061_7373_5f5f;
+pub const PASS_LOCK_KEY: i64 = Lock::Pass.key();
 
 /// Schema that receives tables expired with `on_expiry = "detach"` and restored archives whose
 /// range is no longer free.
@@ -117,15 +118,7 @@ pub async fn require_current_schema(client: &Client) -> Result<(), PassError> {
 
 /// Tries the pass lock on this session. Returns the holder's pid when another session has it.
 pub async fn try_lock(client: &Client) -> Result<Result<(), i32>, tokio_postgres::Error> {
-    let got: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&PASS_LOCK_KEY])
-        .await?
-        .get(0);
-    if got {
-        return Ok(Ok(()));
-    }
-    let holder = db::advisory_holder(client, PASS_LOCK_KEY).await?;
-    Ok(Err(holder.unwrap_or(0)))
+    lock::try_take(client, Lock::Pass).await
 }
 
 /// `--run-once`: connect, check the schema, take the pass lock, run one pass.
@@ -145,20 +138,8 @@ pub async fn run_once(
         // Another pass (the daemon's, or the backend of a pass whose process was just killed
         // and whose server side has not noticed yet) may hold the lock: wait for it, as
         // bootstrap does, up to lock_retry_for.
-        let deadline = tokio::time::Instant::now() + config.database.lock_retry_for;
-        let mut logged = false;
-        while let Err(pid) = try_lock(&client).await? {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(PassError::Busy(pid));
-            }
-            if !logged {
-                tracing::info!(
-                    holder_pid = pid,
-                    "another pass holds the pass lock; waiting for it"
-                );
-                logged = true;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if let Err(pid) = lock::take(&client, Lock::Pass, config.database.lock_retry_for).await? {
+            return Err(PassError::Busy(pid));
         }
     }
     Ok(run(&mut client, config, opts, &AtomicBool::new(false), out).await)

@@ -707,6 +707,9 @@ async fn moving_a_million_default_rows_blocks_neither_readers_nor_writers() {
     assert_eq!(left, 0);
     assert!(moved > 900_000, "{moved}");
     let bound = Duration::from_millis(250);
+    eprintln!(
+        "moved {moved} rows; readers waited up to {read_worst:?} ({reads} reads), writers {write_worst:?} ({writes} writes)"
+    );
     assert!(
         read_worst <= bound && write_worst <= bound,
         "readers waited up to {read_worst:?} ({reads} reads), writers {write_worst:?} ({writes} writes): {err}"
@@ -781,6 +784,9 @@ async fn the_period_being_written_is_split_not_blocked() {
     assert_eq!(write_failed, 0, "writes failed during the pass");
     assert_eq!(read_failed, 0);
     let bound = Duration::from_millis(250);
+    eprintln!(
+        "current period: readers waited up to {read_worst:?} ({reads}), writers {write_worst:?} ({writes}, {write_failed} failed)"
+    );
     assert!(
         read_worst <= bound && write_worst <= bound,
         "readers waited up to {read_worst:?} ({reads}), writers {write_worst:?} ({writes})"

@@ -146,13 +146,12 @@ type Running = Pin<Box<dyn Future<Output = (Client, pass::Report)>>>;
 ///
 /// The daemon runs until `shutdown` completes (in the manner of mini-redis's
 /// `server::run(listener, shutdown)`): the binary passes [`signals`], a test may pass anything.
+/// The loop waits for the next event and hands it to a [`Daemon`] handler.
 pub async fn run(
     config_path: PathBuf,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let notifier = Arc::new(Notifier::from_env());
-    let mut config = Arc::new(config);
     let io = |what: &str, e: std::io::Error| DaemonError::Io(format!("{what}: {e}"));
     let mut sighup = signal(SignalKind::hangup()).map_err(|e| io("SIGHUP handler", e))?;
     // Shutdown becomes a value every bounded call can watch, not only the loop's select.
@@ -161,12 +160,11 @@ pub async fn run(
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let shutdown = shutdown_rx;
-    let mut metrics_server = start_metrics(&config).await?;
-
+    let config = Arc::new(config);
+    let metrics_server = start_metrics(&config).await?;
     let gate = Arc::new(Gate::default());
-    let (tx, mut ticks) = mpsc::channel::<()>(1);
-    let mut schedule = Schedule::start(&config.maintenance.schedule, gate.clone(), tx.clone())
+    let (tick_tx, mut ticks) = mpsc::channel::<()>(1);
+    let schedule = Schedule::start(&config.maintenance.schedule, gate.clone(), tick_tx.clone())
         .await
         .map_err(DaemonError::Schedule)?;
     // Fed from the loop itself: if the loop stops turning, systemd restarts the service.
@@ -175,249 +173,407 @@ pub async fn run(
         tokio::time::interval(watchdog_every.unwrap_or(Duration::from_secs(3600)));
     let mut probe_tick = tokio::time::interval(PROBE_EVERY);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unanswered_probes = 0u32;
     tracing::info!(schedule = %config.maintenance.schedule, tables = config.tables.len(), "partwarden daemon starting");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut client: Option<Client> = None;
-    let mut role = Role::Disconnected("not connected yet".into());
-    let mut backoff = RECONNECT_FIRST;
-    let mut next_attempt = Instant::now();
-    let mut running: Option<Running> = None;
-    let mut outcomes = Outcomes::default();
-    let mut ready_sent = false;
-    let mut last_pass = String::from("no pass yet");
-    // A reload changed the database settings while a pass ran: reconnect when it ends.
-    let mut reconnect_pending = false;
-    // A pass runs as soon as this instance can (reconcile), then on schedule.
-    let mut reconcile = true;
-    set_status(&notifier, &role, &last_pass, &outcomes);
-
+    let mut d = Daemon {
+        config_path,
+        config,
+        notifier: Notifier::from_env(),
+        shutdown: shutdown_rx,
+        metrics_server,
+        gate,
+        tick_tx,
+        schedule,
+        stop: Arc::new(AtomicBool::new(false)),
+        client: None,
+        role: Role::Disconnected("not connected yet".into()),
+        backoff: RECONNECT_FIRST,
+        next_attempt: Instant::now(),
+        running: None,
+        outcomes: Outcomes::default(),
+        ready_sent: false,
+        last_pass: String::from("no pass yet"),
+        reconnect_pending: false,
+        reconcile: true,
+        unanswered_probes: 0,
+    };
+    d.set_status();
     loop {
-        tokio::select! {
-            _ = async { let mut rx = shutdown.clone(); rx.wait_for(|s| *s).await.map(|_| ()) } => break,
-            _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
-                if schedule.ticking() {
-                    notifier.watchdog();
-                } else {
-                    tracing::error!("the scheduler has stopped ticking; not feeding the watchdog");
-                }
-            }
-            _ = probe_tick.tick(), if running.is_some() => {
-                let answered = match bounded(&shutdown, call_bound(&config), probe(&config)).await {
-                    Bounded::Shutdown => break,
-                    Bounded::TimedOut(_) => false,
-                    Bounded::Done(ok) => ok,
-                };
-                unanswered_probes = if answered { 0 } else { unanswered_probes + 1 };
-                if unanswered_probes >= PROBES_BEFORE_ABANDON {
-                    tracing::error!(probes = unanswered_probes, "database unreachable: it has not answered a fresh connection for {} s; abandoning the pass in progress (its session is dropped; the next pass finishes its work)", (PROBE_EVERY * unanswered_probes).as_secs());
-                    running = None;
-                    gate.set_running(false);
-                    unanswered_probes = 0;
-                    outcomes.record(false);
-                    metrics::add(&metrics::PASSES_FAILED, 1);
-                    lost_session(&mut client, &mut role, &mut next_attempt);
-                    set_status(&notifier, &role, &last_pass, &outcomes);
-                }
-            }
-            _ = sighup.recv() => {
-                match crate::config::Config::load(&config_path) {
-                    Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the running configuration"),
-                    Ok(new) => {
-                        let new = Arc::new(new);
-                        if new.maintenance.schedule != config.maintenance.schedule {
-                            match Schedule::start(&new.maintenance.schedule, gate.clone(), tx.clone()).await {
-                                Ok(s) => std::mem::replace(&mut schedule, s).stop().await,
-                                Err(e) => {
-                                    tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
-                                    continue;
-                                }
-                            }
-                        }
-                        if new.metrics.listen != config.metrics.listen {
-                            if let Some((_, task)) = metrics_server.take() {
-                                task.abort();
-                            }
-                            metrics_server = start_metrics(&new).await.unwrap_or_else(|e| {
-                                tracing::error!(error = %e, "metrics endpoint not restarted");
-                                None
-                            });
-                        }
-                        // New connection settings (the password from a rotated password_file
-                        // included): give up the session (and the lock) and connect again with
-                        // the new ones; a pass in progress finishes on its session first.
-                        if new.database != config.database {
-                            reconnect_pending = true;
-                        }
-                        config = new;
-                        if reconnect_pending && running.is_none() {
-                            reconnect_pending = false;
-                            reconnect(&mut client, &mut role, &mut next_attempt);
-                        }
-                        tracing::info!("configuration reloaded");
-                    }
-                }
-            }
-            _ = tokio::time::sleep_until(next_attempt), if client.is_none() && running.is_none() => {
-                let connected = match bounded(&shutdown, call_bound(&config), db::connect(&config.database)).await {
-                    Bounded::Shutdown => break,
-                    Bounded::TimedOut(t) => Err(format!("no answer within {t:?}")),
-                    Bounded::Done(r) => r.map_err(|e| e.to_string()),
-                };
-                match connected {
-                    Ok(c) => {
-                        tracing::info!("connected to PostgreSQL");
-                        backoff = RECONNECT_FIRST;
-                        match bounded(&shutdown, call_bound(&config), establish(&c, &role)).await {
-                            Bounded::Shutdown => break,
-                            Bounded::TimedOut(t) => {
-                                tracing::warn!(retry_in_s = backoff.as_secs(), "database unreachable: no answer within {t:?}; retrying");
-                                role = Role::Disconnected(format!("no answer within {t:?}"));
-                                next_attempt = Instant::now() + backoff;
-                                backoff = (backoff * 2).min(RECONNECT_CAP);
-                            }
-                            Bounded::Done(r) => {
-                                role = r;
-                                client = Some(c);
-                                tracing::info!(role = %role.describe(), "role after connecting");
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in_s = backoff.as_secs(), "database unreachable; retrying");
-                        role = Role::Disconnected(e);
-                        next_attempt = Instant::now() + backoff;
-                        backoff = (backoff * 2).min(RECONNECT_CAP);
-                    }
-                }
-                if !ready_sent && !matches!(role, Role::Disconnected(_) | Role::SchemaNotCurrent(_)) {
-                    notifier.ready();
-                    ready_sent = true;
-                }
-                set_status(&notifier, &role, &last_pass, &outcomes);
-                if reconcile && role == Role::Leader {
-                    reconcile = false;
-                    running = Some(start_pass(&gate, client.take().expect("leader has a session"), config.clone(), stop.clone()));
-                }
-            }
-            Some(()) = ticks.recv(), if running.is_none() => {
-                let Some(c) = client.as_ref() else {
-                    tracing::warn!("maintenance pass due, but the database is unreachable: skipped");
-                    continue;
-                };
-                if c.is_closed() {
-                    lost_session(&mut client, &mut role, &mut next_attempt);
-                    set_status(&notifier, &role, &last_pass, &outcomes);
-                    continue;
-                }
-                let before = role.clone();
-                role = match bounded(&shutdown, call_bound(&config), establish(c, &role)).await {
-                    Bounded::Shutdown => break,
-                    Bounded::Done(r) => r,
-                    Bounded::TimedOut(t) => {
-                        tracing::warn!("database unreachable: no answer within {t:?}; dropping the session");
-                        lost_session(&mut client, &mut role, &mut next_attempt);
-                        set_status(&notifier, &role, &last_pass, &outcomes);
-                        continue;
-                    }
-                };
-                if role != before {
-                    tracing::info!(role = %role.describe(), "role changed");
-                }
-                if !ready_sent && !matches!(role, Role::Disconnected(_) | Role::SchemaNotCurrent(_)) {
-                    notifier.ready();
-                    ready_sent = true;
-                }
-                set_status(&notifier, &role, &last_pass, &outcomes);
-                if role == Role::Leader {
-                    reconcile = false;
-                    running = Some(start_pass(&gate, client.take().expect("checked above"), config.clone(), stop.clone()));
-                }
-            }
-            done = join(&mut running) => {
-                running = None;
-                gate.set_running(false);
-                                {
-                    let (c, report) = done;
-                    {
-                        let ok = report.ok();
-                        outcomes.record(ok);
-                        metrics::add(if ok { &metrics::PASSES_OK } else { &metrics::PASSES_FAILED }, 1);
-                        if ok {
-                            metrics::LAST_SUCCESS_UNIX.store(Utc::now().timestamp().max(0) as u64, Ordering::SeqCst);
-                        }
-                        for t in &report.tables {
-                            tracing::info!(table = %t.table, created = t.created.len(), expired = t.expired.len(),
-                                archived_bytes = t.archived_bytes, errors = t.errors.len(), "pass: {}", t.summary_line(false));
-                            for e in &t.errors {
-                                tracing::error!(table = %t.table, error = %e, "pass step failed");
-                            }
-                        }
-                        if !ok {
-                            tracing::warn!(consecutive_failures = outcomes.consecutive_failures, "maintenance pass had failures");
-                        }
-                        last_pass = pass_summary(&report, ok);
-                        unanswered_probes = 0;
-                        if c.is_closed() {
-                            client = Some(c);
-                            lost_session(&mut client, &mut role, &mut next_attempt);
-                        } else {
-                            match bounded(&shutdown, call_bound(&config), update_gauges(&c, &config, &report)).await {
-                                Bounded::Shutdown => break,
-                                Bounded::Done(()) => client = Some(c),
-                                Bounded::TimedOut(t) => {
-                                    tracing::warn!("database unreachable: no answer within {t:?}; dropping the session");
-                                    client = Some(c);
-                                    lost_session(&mut client, &mut role, &mut next_attempt);
-                                }
-                            }
-                            if reconnect_pending {
-                                reconnect_pending = false;
-                                reconnect(&mut client, &mut role, &mut next_attempt);
-                            }
-                        }
-                    }
-                                    }
-                set_status(&notifier, &role, &last_pass, &outcomes);
-            }
+        let flow = tokio::select! {
+            _ = async { let mut rx = d.shutdown.clone(); rx.wait_for(|s| *s).await.map(|_| ()) } => Flow::Shutdown,
+            _ = watchdog_tick.tick(), if watchdog_every.is_some() => d.on_watchdog(),
+            _ = probe_tick.tick(), if d.running.is_some() => d.on_probe().await,
+            _ = sighup.recv() => d.on_reload().await,
+            _ = tokio::time::sleep_until(d.next_attempt), if d.client.is_none() && d.running.is_none() => d.on_connect().await,
+            Some(()) = ticks.recv(), if d.running.is_none() => d.on_tick().await,
+            done = join(&mut d.running) => d.on_pass_done(done).await,
+        };
+        if let Flow::Shutdown = flow {
+            break;
+        }
+    }
+    d.shut_down().await;
+    Ok(())
+}
+
+/// What a handler tells the loop.
+enum Flow {
+    /// Wait for the next event.
+    Continue,
+    /// Shutdown was asked for (during the handler's bounded calls, or as the event itself).
+    Shutdown,
+}
+
+/// The daemon's state, owned by its loop; one handler per event.
+struct Daemon {
+    /// Where the configuration is read again on SIGHUP.
+    config_path: PathBuf,
+    /// The configuration in force (shared with the pass in progress).
+    config: Arc<Config>,
+    /// systemd notifications.
+    notifier: Notifier,
+    /// True once shutdown is asked for; every bounded call races it.
+    shutdown: watch::Receiver<bool>,
+    /// The `/metrics` endpoint, if configured: its address and task.
+    metrics_server: Option<(std::net::SocketAddr, JoinHandle<()>)>,
+    /// Skips schedule ticks while a pass runs.
+    gate: Arc<Gate>,
+    /// Where the schedule sends its ticks (kept to restart the schedule on reload).
+    tick_tx: mpsc::Sender<()>,
+    /// The cron schedule and its heartbeat.
+    schedule: Schedule,
+    /// Set at shutdown: the pass in progress stops between steps.
+    stop: Arc<AtomicBool>,
+    /// The session, while connected and no pass holds it.
+    client: Option<Client>,
+    /// What this instance is towards the database.
+    role: Role,
+    /// The next wait after a failed connection attempt.
+    backoff: Duration,
+    /// When to try connecting next.
+    next_attempt: Instant,
+    /// The pass in progress, holding the session.
+    running: Option<Running>,
+    /// Pass outcomes, for the status line and the consecutive failure count.
+    outcomes: Outcomes,
+    /// Whether READY=1 was sent.
+    ready_sent: bool,
+    /// The last pass's summary, for the status line.
+    last_pass: String,
+    /// A reload changed the database settings while a pass ran: reconnect when it ends.
+    reconnect_pending: bool,
+    /// A pass runs as soon as this instance can lead, then on schedule.
+    reconcile: bool,
+    /// Liveness probes in a row that got no answer while a pass runs.
+    unanswered_probes: u32,
+}
+
+impl Daemon {
+    fn set_status(&self) {
+        set_status(&self.notifier, &self.role, &self.last_pass, &self.outcomes);
+    }
+
+    fn bound(&self) -> Duration {
+        call_bound(&self.config)
+    }
+
+    /// READY=1 the first time the daemon has a usable role.
+    fn ready_if_usable(&mut self) {
+        if !self.ready_sent
+            && !matches!(self.role, Role::Disconnected(_) | Role::SchemaNotCurrent(_))
+        {
+            self.notifier.ready();
+            self.ready_sent = true;
         }
     }
 
-    notifier.stopping();
-    notifier.status("stopping");
-    schedule.stop().await;
-    stop.store(true, Ordering::SeqCst);
-    if let Some(handle) = running.take() {
-        tracing::info!(
-            timeout_s = config.daemon.shutdown_timeout.as_secs(),
-            "waiting for the step in progress to finish"
+    fn start_pass(&mut self) {
+        self.reconcile = false;
+        let client = self.client.take().expect("a leader has a session");
+        self.running = Some(start_pass(
+            &self.gate,
+            client,
+            self.config.clone(),
+            self.stop.clone(),
+        ));
+    }
+
+    fn lost_session(&mut self) {
+        lost_session(&mut self.client, &mut self.role, &mut self.next_attempt);
+    }
+
+    fn on_watchdog(&self) -> Flow {
+        if self.schedule.ticking() {
+            self.notifier.watchdog();
+        } else {
+            tracing::error!("the scheduler has stopped ticking; not feeding the watchdog");
+        }
+        Flow::Continue
+    }
+
+    /// While a pass runs: does the server still answer a fresh connection? After
+    /// [`PROBES_BEFORE_ABANDON`] unanswered probes the pass is abandoned.
+    async fn on_probe(&mut self) -> Flow {
+        let answered = match bounded(&self.shutdown, self.bound(), probe(&self.config)).await {
+            Bounded::Shutdown => return Flow::Shutdown,
+            Bounded::TimedOut(_) => false,
+            Bounded::Done(ok) => ok,
+        };
+        self.unanswered_probes = if answered {
+            0
+        } else {
+            self.unanswered_probes + 1
+        };
+        if self.unanswered_probes >= PROBES_BEFORE_ABANDON {
+            tracing::error!(
+                probes = self.unanswered_probes,
+                "database unreachable: it has not answered a fresh connection for {} s; abandoning the pass in progress (its session is dropped; the next pass finishes its work)",
+                (PROBE_EVERY * self.unanswered_probes).as_secs()
+            );
+            self.running = None;
+            self.gate.set_running(false);
+            self.unanswered_probes = 0;
+            self.outcomes.record(false);
+            metrics::add(&metrics::PASSES_FAILED, 1);
+            self.lost_session();
+            self.set_status();
+        }
+        Flow::Continue
+    }
+
+    /// SIGHUP: read the configuration again; keep the running one if it is invalid.
+    async fn on_reload(&mut self) -> Flow {
+        let new = match Config::load(&self.config_path) {
+            Err(e) => {
+                tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
+                return Flow::Continue;
+            }
+            Ok(new) => Arc::new(new),
+        };
+        if new.maintenance.schedule != self.config.maintenance.schedule {
+            match Schedule::start(
+                &new.maintenance.schedule,
+                self.gate.clone(),
+                self.tick_tx.clone(),
+            )
+            .await
+            {
+                Ok(s) => std::mem::replace(&mut self.schedule, s).stop().await,
+                Err(e) => {
+                    tracing::error!(error = %e, "configuration reload failed; keeping the running configuration");
+                    return Flow::Continue;
+                }
+            }
+        }
+        if new.metrics.listen != self.config.metrics.listen {
+            if let Some((_, task)) = self.metrics_server.take() {
+                task.abort();
+            }
+            self.metrics_server = start_metrics(&new).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "metrics endpoint not restarted");
+                None
+            });
+        }
+        // New connection settings (the password from a rotated password_file included): give
+        // up the session (and the lock) and connect again with the new ones; a pass in
+        // progress finishes on its session first.
+        if new.database != self.config.database {
+            self.reconnect_pending = true;
+        }
+        self.config = new;
+        if self.reconnect_pending && self.running.is_none() {
+            self.reconnect_pending = false;
+            reconnect(&mut self.client, &mut self.role, &mut self.next_attempt);
+        }
+        tracing::info!("configuration reloaded");
+        Flow::Continue
+    }
+
+    /// Time for a connection attempt: connect, decide the role, lead a first pass at once.
+    async fn on_connect(&mut self) -> Flow {
+        let connect = db::connect(&self.config.database);
+        let connected = match bounded(&self.shutdown, self.bound(), connect).await {
+            Bounded::Shutdown => return Flow::Shutdown,
+            Bounded::TimedOut(t) => Err(format!("no answer within {t:?}")),
+            Bounded::Done(r) => r.map_err(|e| e.to_string()),
+        };
+        match connected {
+            Ok(c) => {
+                tracing::info!("connected to PostgreSQL");
+                self.backoff = RECONNECT_FIRST;
+                match bounded(&self.shutdown, self.bound(), establish(&c, &self.role)).await {
+                    Bounded::Shutdown => return Flow::Shutdown,
+                    Bounded::TimedOut(t) => {
+                        tracing::warn!(
+                            retry_in_s = self.backoff.as_secs(),
+                            "database unreachable: no answer within {t:?}; retrying"
+                        );
+                        self.role = Role::Disconnected(format!("no answer within {t:?}"));
+                        self.retry_later();
+                    }
+                    Bounded::Done(r) => {
+                        self.role = r;
+                        self.client = Some(c);
+                        tracing::info!(role = %self.role.describe(), "role after connecting");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_s = self.backoff.as_secs(), "database unreachable; retrying");
+                self.role = Role::Disconnected(e);
+                self.retry_later();
+            }
+        }
+        self.ready_if_usable();
+        self.set_status();
+        if self.reconcile && self.role == Role::Leader {
+            self.start_pass();
+        }
+        Flow::Continue
+    }
+
+    fn retry_later(&mut self) {
+        self.next_attempt = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RECONNECT_CAP);
+    }
+
+    /// A schedule tick: check the session and the role; a leader runs a pass.
+    async fn on_tick(&mut self) -> Flow {
+        let Some(c) = self.client.as_ref() else {
+            tracing::warn!("maintenance pass due, but the database is unreachable: skipped");
+            return Flow::Continue;
+        };
+        if c.is_closed() {
+            self.lost_session();
+            self.set_status();
+            return Flow::Continue;
+        }
+        let before = self.role.clone();
+        self.role = match bounded(&self.shutdown, self.bound(), establish(c, &self.role)).await {
+            Bounded::Shutdown => return Flow::Shutdown,
+            Bounded::Done(r) => r,
+            Bounded::TimedOut(t) => {
+                tracing::warn!(
+                    "database unreachable: no answer within {t:?}; dropping the session"
+                );
+                self.lost_session();
+                self.set_status();
+                return Flow::Continue;
+            }
+        };
+        if self.role != before {
+            tracing::info!(role = %self.role.describe(), "role changed");
+        }
+        self.ready_if_usable();
+        self.set_status();
+        if self.role == Role::Leader {
+            self.start_pass();
+        }
+        Flow::Continue
+    }
+
+    /// The pass in progress ended: record it, take the session back.
+    async fn on_pass_done(&mut self, (c, report): (Client, pass::Report)) -> Flow {
+        self.running = None;
+        self.gate.set_running(false);
+        let ok = report.ok();
+        self.outcomes.record(ok);
+        metrics::add(
+            if ok {
+                &metrics::PASSES_OK
+            } else {
+                &metrics::PASSES_FAILED
+            },
+            1,
         );
-        match tokio::time::timeout(config.daemon.shutdown_timeout, handle).await {
-            Ok((c, _)) => client = Some(c),
-            Err(_) => tracing::warn!(
-                "the step in progress did not finish within shutdown_timeout; exiting anyway (the next pass finishes it)"
-            ),
+        if ok {
+            metrics::LAST_SUCCESS_UNIX
+                .store(Utc::now().timestamp().max(0) as u64, Ordering::SeqCst);
         }
-    }
-    if let Some(c) = client.take()
-        && role == Role::Leader
-    {
-        // Closing the session releases the lock too; this only says so sooner, and waits for
-        // no stalled server.
-        let unlock = crate::lock::release(&c, crate::lock::Lock::Pass);
-        match tokio::time::timeout(UNLOCK_WAIT, unlock).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::debug!(error = %db::error_text(&e), "releasing the leader lock"),
-            Err(_) => tracing::debug!("releasing the leader lock: no answer; the session closes"),
+        for t in &report.tables {
+            tracing::info!(table = %t.table, created = t.created.len(), expired = t.expired.len(),
+                archived_bytes = t.archived_bytes, errors = t.errors.len(), "pass: {}", t.summary_line(false));
+            for e in &t.errors {
+                tracing::error!(table = %t.table, error = %e, "pass step failed");
+            }
         }
+        if !ok {
+            tracing::warn!(
+                consecutive_failures = self.outcomes.consecutive_failures,
+                "maintenance pass had failures"
+            );
+        }
+        self.last_pass = pass_summary(&report, ok);
+        self.unanswered_probes = 0;
+        if c.is_closed() {
+            self.client = Some(c);
+            self.lost_session();
+        } else {
+            let gauges = update_gauges(&c, &self.config, &report);
+            match bounded(&self.shutdown, self.bound(), gauges).await {
+                Bounded::Shutdown => {
+                    self.client = Some(c);
+                    return Flow::Shutdown;
+                }
+                Bounded::Done(()) => self.client = Some(c),
+                Bounded::TimedOut(t) => {
+                    tracing::warn!(
+                        "database unreachable: no answer within {t:?}; dropping the session"
+                    );
+                    self.client = Some(c);
+                    self.lost_session();
+                }
+            }
+            if self.reconnect_pending {
+                self.reconnect_pending = false;
+                reconnect(&mut self.client, &mut self.role, &mut self.next_attempt);
+            }
+        }
+        self.set_status();
+        Flow::Continue
     }
-    metrics::LEADER.store(0, Ordering::SeqCst);
-    if let Some((_, task)) = metrics_server {
-        task.abort();
+
+    /// Stops the schedule, lets the step in progress finish within shutdown_timeout, releases
+    /// the leader lock.
+    async fn shut_down(mut self) {
+        self.notifier.stopping();
+        self.notifier.status("stopping");
+        self.schedule.stop().await;
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.running.take() {
+            tracing::info!(
+                timeout_s = self.config.daemon.shutdown_timeout.as_secs(),
+                "waiting for the step in progress to finish"
+            );
+            match tokio::time::timeout(self.config.daemon.shutdown_timeout, handle).await {
+                Ok((c, _)) => self.client = Some(c),
+                Err(_) => tracing::warn!(
+                    "the step in progress did not finish within shutdown_timeout; exiting anyway (the next pass finishes it)"
+                ),
+            }
+        }
+        if let Some(c) = self.client.take()
+            && self.role == Role::Leader
+        {
+            // Closing the session releases the lock too; this only says so sooner, and waits
+            // for no stalled server.
+            let unlock = crate::lock::release(&c, crate::lock::Lock::Pass);
+            match tokio::time::timeout(UNLOCK_WAIT, unlock).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %db::error_text(&e), "releasing the leader lock")
+                }
+                Err(_) => {
+                    tracing::debug!("releasing the leader lock: no answer; the session closes")
+                }
+            }
+        }
+        metrics::LEADER.store(0, Ordering::SeqCst);
+        if let Some((_, task)) = self.metrics_server.take() {
+            task.abort();
+        }
+        tracing::info!("partwarden daemon stopped");
     }
-    tracing::info!("partwarden daemon stopped");
-    Ok(())
 }
 
 /// Completes on the first SIGTERM or SIGINT: the daemon's shutdown in production. Fails only

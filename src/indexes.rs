@@ -221,15 +221,51 @@ pub enum Repair {
     },
 }
 
-impl Repair {
-    /// The statements, as `--dry-run` prints them (each runs on its own; `CONCURRENTLY`
-    /// statements cannot run in a transaction block).
-    pub fn statements(&self) -> Vec<String> {
+/// What bounds a `... CONCURRENTLY` statement, which waits without blocking writers and so
+/// runs with lock_timeout off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// `maintenance.index_build_timeout`: an index build takes as long as the partition.
+    IndexBuild,
+    /// `database.statement_timeout`.
+    Statement,
+}
+
+/// One statement of a repair, with how it must run: typed, so that the executor never has to
+/// guess from the text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RepairStep {
+    /// Outside a transaction block (`CREATE INDEX CONCURRENTLY`, `DROP INDEX CONCURRENTLY`).
+    Concurrently {
+        /// The statement.
+        sql: String,
+        /// Its statement_timeout.
+        bound: Bound,
+    },
+    /// In a transaction of its own under lock_timeout, retried (`ALTER INDEX ... ATTACH`).
+    Transaction {
+        /// The statement.
+        sql: String,
+    },
+}
+
+impl RepairStep {
+    /// The statement's text.
+    pub fn sql(&self) -> &str {
         match self {
-            Repair::DropInvalid { index } => vec![format!(
-                "DROP INDEX CONCURRENTLY IF EXISTS {}",
-                index.quoted()
-            )],
+            RepairStep::Concurrently { sql, .. } | RepairStep::Transaction { sql } => sql,
+        }
+    }
+}
+
+impl Repair {
+    /// The steps, in order, each with how it runs.
+    pub fn steps(&self) -> Vec<RepairStep> {
+        match self {
+            Repair::DropInvalid { index } => vec![RepairStep::Concurrently {
+                sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.quoted()),
+                bound: Bound::Statement,
+            }],
             Repair::Build {
                 partition,
                 parent_index,
@@ -240,21 +276,31 @@ impl Repair {
             } => {
                 let mut v = Vec::new();
                 if !reuse {
-                    v.push(format!(
-                        "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {definition}",
-                        if *unique { "UNIQUE " } else { "" },
-                        quote_ident(&child_index.name),
-                        partition.quoted()
-                    ));
+                    v.push(RepairStep::Concurrently {
+                        sql: format!(
+                            "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {definition}",
+                            if *unique { "UNIQUE " } else { "" },
+                            quote_ident(&child_index.name),
+                            partition.quoted()
+                        ),
+                        bound: Bound::IndexBuild,
+                    });
                 }
-                v.push(format!(
-                    "ALTER INDEX {} ATTACH PARTITION {}",
-                    parent_index.quoted(),
-                    child_index.quoted()
-                ));
+                v.push(RepairStep::Transaction {
+                    sql: format!(
+                        "ALTER INDEX {} ATTACH PARTITION {}",
+                        parent_index.quoted(),
+                        child_index.quoted()
+                    ),
+                });
                 v
             }
         }
+    }
+
+    /// The statements, as `--dry-run` prints them: the text of [`Repair::steps`].
+    pub fn statements(&self) -> Vec<String> {
+        self.steps().iter().map(|s| s.sql().to_string()).collect()
     }
 
     /// One line for logs and reports.

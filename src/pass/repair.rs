@@ -55,45 +55,47 @@ async fn run_repair(
     policy: &DdlPolicy,
     repair: &indexes::Repair,
 ) -> Result<(), String> {
-    let statements = repair.statements();
-    for st in &statements {
-        if st.contains(" CONCURRENTLY ") {
-            // Cannot run in a transaction block; waits for older transactions without blocking
-            // writers, so it is bounded by a statement timeout rather than lock_timeout.
-            let timeout = if st.starts_with("CREATE") {
-                config.maintenance.index_build_timeout
-            } else {
-                config.database.statement_timeout
-            };
-            let result = async {
-                client
-                    .execute(
-                        "SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', $1, false)",
-                        &[&format!("{}ms", timeout.as_millis())],
-                    )
-                    .await?;
-                let r = client.batch_execute(st).await;
-                client
-                    .execute(
-                        "SELECT set_config('statement_timeout', $1, false)",
-                        &[&format!("{}ms", config.database.statement_timeout.as_millis())],
-                    )
-                    .await?;
-                client.batch_execute("RESET lock_timeout").await?;
-                r
+    for step in repair.steps() {
+        match step {
+            indexes::RepairStep::Concurrently { sql, bound } => {
+                // Cannot run in a transaction block; waits for older transactions without
+                // blocking writers, so it is bounded by a statement timeout rather than
+                // lock_timeout.
+                let timeout = match bound {
+                    indexes::Bound::IndexBuild => config.maintenance.index_build_timeout,
+                    indexes::Bound::Statement => config.database.statement_timeout,
+                };
+                let result = async {
+                    client
+                        .execute(
+                            "SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', $1, false)",
+                            &[&format!("{}ms", timeout.as_millis())],
+                        )
+                        .await?;
+                    let r = client.batch_execute(&sql).await;
+                    client
+                        .execute(
+                            "SELECT set_config('statement_timeout', $1, false)",
+                            &[&format!("{}ms", config.database.statement_timeout.as_millis())],
+                        )
+                        .await?;
+                    client.batch_execute("RESET lock_timeout").await?;
+                    r
+                }
+                .await;
+                result.map_err(|e| format!("{}: {sql}", error_text(&e)))?;
             }
-            .await;
-            result.map_err(|e| format!("{}: {st}", error_text(&e)))?;
-        } else {
-            let label = repair.label();
-            ddl::with_lock_retry(client, policy, &label, &[], async |tx: &Transaction<'_>| {
-                tx.execute(st.as_str(), &[])
-                    .await
-                    .map_err(|e| (st.clone(), e))?;
-                Ok(())
-            })
-            .await
-            .map_err(|e| e.to_string())?;
+            indexes::RepairStep::Transaction { sql } => {
+                let label = repair.label();
+                ddl::with_lock_retry(client, policy, &label, &[], async |tx: &Transaction<'_>| {
+                    tx.execute(sql.as_str(), &[])
+                        .await
+                        .map_err(|e| (sql.clone(), e))?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
         }
     }
     Ok(())

@@ -68,6 +68,10 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`
+/// needs CREATE on the database, which a least-privilege role may lack.
+const CREATE_SCHEMA: &str = "CREATE SCHEMA partwarden";
+
 /// Serialises concurrent bootstraps (`pg_advisory_lock` key; the bytes of "pwbootst").
 pub const BOOTSTRAP_LOCK_KEY: i64 = crate::lock::Lock::Bootstrap.key();
 
@@ -212,7 +216,7 @@ impl Step<'_> {
             ),
         };
         format!(
-            "-- migration {}: {verb}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\nCREATE SCHEMA IF NOT EXISTS partwarden;\n{BOOKKEEPING};\n{body}INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ({}, '{}', '{}', {});\nCOMMIT;\n",
+            "-- migration {}: {verb}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\n{CREATE_SCHEMA}; -- only when it does not exist (a least-privilege role may not create schemas)\n{BOOKKEEPING};\n{body}INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ({}, '{}', '{}', {});\nCOMMIT;\n",
             m.id(),
             policy.lock_timeout.as_millis(),
             m.version,
@@ -312,9 +316,9 @@ pub async fn run_step(
             .map_err(|e| (String::new(), e))?
             .get(0);
         if !has_schema {
-            tx.batch_execute("CREATE SCHEMA partwarden")
+            tx.batch_execute(CREATE_SCHEMA)
                 .await
-                .map_err(|e| ("CREATE SCHEMA partwarden".to_string(), e))?;
+                .map_err(|e| (CREATE_SCHEMA.to_string(), e))?;
         }
         tx.batch_execute(BOOKKEEPING)
             .await

@@ -250,7 +250,10 @@ pub async fn run(
             rows
         );
         if !attached {
-            let _ = writeln!(out, "CREATE SCHEMA IF NOT EXISTS {ARCHIVE_SCHEMA};");
+            let _ = writeln!(
+                out,
+                "CREATE SCHEMA {ARCHIVE_SCHEMA}; -- only when it does not exist"
+            );
         }
         let _ = writeln!(
             out,

@@ -90,7 +90,13 @@ pub(super) async fn expire_table(
                 metrics::add(&metrics::ARCHIVE_BYTES, bytes);
             }
             Err(e) => {
-                tracing::error!(partition = %task.partition, error = %e, "expiry step failed");
+                tracing::error!(
+                    partition = %task.partition,
+                    error = %e,
+                    sqlstate = e.code().map(|c| c.code()),
+                    transient = e.is_transient(),
+                    "expiry step failed"
+                );
                 tr.errors.push(format!("{}: {e}", task.partition));
             }
         }
@@ -163,6 +169,76 @@ fn describe_expiry(
     s
 }
 
+/// Why a step of an expiry failed: the report's line, with the database error kept where
+/// one caused it, so that its SQLSTATE, and whether trying again may help, are not lost.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A query failed.
+    #[error("{}", error_text(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// A DDL transaction failed, or kept timing out on locks.
+    #[error(transparent)]
+    Ddl(#[from] ddl::DdlError),
+    /// An archive could not be written, read or verified.
+    #[error(transparent)]
+    Archive(#[from] archive::ArchiveError),
+    /// The step cannot go on, for the reason given.
+    #[error("{message}")]
+    Failed {
+        /// What happened and what happens next.
+        message: String,
+        /// The database error behind it, if any.
+        source: Option<tokio_postgres::Error>,
+    },
+}
+
+impl StepError {
+    fn msg(message: impl Into<String>) -> StepError {
+        StepError::Failed {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn db_error(&self) -> Option<&tokio_postgres::Error> {
+        match self {
+            StepError::Db(e) => Some(e),
+            StepError::Ddl(ddl::DdlError::Failed { source, .. }) => Some(source),
+            StepError::Ddl(ddl::DdlError::LockTimeout { .. }) => None,
+            StepError::Failed { source, .. } => source.as_ref(),
+            StepError::Archive(archive::ArchiveError::Db { source, .. }) => Some(source),
+            StepError::Archive(_) => None,
+        }
+    }
+
+    /// The SQLSTATE of the database error behind it, if any.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        self.db_error().and_then(|e| e.code())
+    }
+
+    /// Whether the next pass may well succeed where this one failed: locks not had, a
+    /// deadlock, a cancelled or timed-out statement, a lost connection.
+    pub fn is_transient(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        if matches!(self, StepError::Ddl(ddl::DdlError::LockTimeout { .. })) {
+            return true;
+        }
+        match self.db_error() {
+            Some(e) if e.is_closed() => true,
+            Some(e) => matches!(
+                e.code(),
+                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::QUERY_CANCELED
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
+            ),
+            None => false,
+        }
+    }
+}
+
 /// The statements of an expiry, built in one place for the executor and for `--dry-run`, so
 /// that what a dry run prints is what runs.
 mod sql {
@@ -228,7 +304,7 @@ impl Expiring<'_> {
     }
 
     /// Runs the expiry from where it stands. Returns archive bytes written.
-    async fn run(&self, client: &mut Client, has_default: bool) -> Result<u64, String> {
+    async fn run(&self, client: &mut Client, has_default: bool) -> Result<u64, StepError> {
         match self.task.start {
             Start::Attached if has_default => self.detach_plain(client).await?,
             Start::Attached => self.detach_concurrently(client).await?,
@@ -241,10 +317,10 @@ impl Expiring<'_> {
                     ),
                     ..Default::default()
                 };
-                ledger::record(&*client, &self.event(Step::Drop), Utc::now(), &outcome)
-                    .await
-                    .map_err(|e| error_text(&e))?;
-                return Err("detached earlier, but the table no longer exists (dropped by someone else?); recorded in the ledger, nothing left to do".into());
+                ledger::record(&*client, &self.event(Step::Drop), Utc::now(), &outcome).await?;
+                return Err(StepError::msg(
+                    "detached earlier, but the table no longer exists (dropped by someone else?); recorded in the ledger, nothing left to do",
+                ));
             }
         }
         fault::point("after_detach");
@@ -261,10 +337,8 @@ impl Expiring<'_> {
         }
     }
 
-    async fn detach_concurrently(&self, client: &mut Client) -> Result<(), String> {
-        let id = ledger::start(&*client, &self.event(Step::Detach))
-            .await
-            .map_err(|e| error_text(&e))?;
+    async fn detach_concurrently(&self, client: &mut Client) -> Result<(), StepError> {
+        let id = ledger::start(&*client, &self.event(Step::Detach)).await?;
         let sql = sql::detach(self.parent, &self.task.partition, true);
         // Its wait for older transactions does not block writers, so it runs without the short
         // lock_timeout (which would cancel it half way and leave it pending), bounded by
@@ -280,27 +354,26 @@ impl Expiring<'_> {
             error: result.as_ref().err().map(error_text),
             ..Default::default()
         };
-        ledger::finish(&*client, id, &outcome)
-            .await
-            .map_err(|e| error_text(&e))?;
-        result.map_err(|e| {
-            format!(
+        ledger::finish(&*client, id, &outcome).await?;
+        result.map_err(|e| StepError::Failed {
+            message: format!(
                 "DETACH CONCURRENTLY: {} (if it was interrupted, the partition is pending detach and the next pass finalizes it)",
                 error_text(&e)
-            )
+            ),
+            source: Some(e),
         })?;
         tracing::info!(partition = %self.task.partition, "detached concurrently");
         Ok(())
     }
 
-    async fn detach_plain(&self, client: &mut Client) -> Result<(), String> {
+    async fn detach_plain(&self, client: &mut Client) -> Result<(), StepError> {
         let sql = sql::detach(self.parent, &self.task.partition, false);
         self.transaction(client, self.policy, "detach", Step::Detach, &[sql], None)
             .await
             .map(|_| ())
     }
 
-    async fn finalize(&self, client: &mut Client) -> Result<(), String> {
+    async fn finalize(&self, client: &mut Client) -> Result<(), StepError> {
         // FINALIZE waits for transactions older than the detach like the detach itself; it
         // holds no lock writers need, so it gets statement_timeout rather than lock_timeout.
         let long = DdlPolicy {
@@ -320,12 +393,9 @@ impl Expiring<'_> {
         .map(|_| ())
     }
 
-    async fn move_to_archive_schema(&self, client: &mut Client) -> Result<(), String> {
+    async fn move_to_archive_schema(&self, client: &mut Client) -> Result<(), StepError> {
         let mut statements = Vec::new();
-        if !schema_exists(client, ARCHIVE_SCHEMA)
-            .await
-            .map_err(|e| error_text(&e))?
-        {
+        if !schema_exists(client, ARCHIVE_SCHEMA).await? {
             statements.push(sql::create_archive_schema());
         }
         statements.push(sql::move_to_archive_schema(&self.task.partition));
@@ -343,7 +413,7 @@ impl Expiring<'_> {
         step: Step,
         statements: &[String],
         outcome: Option<&ledger::Outcome>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let started_at = Utc::now();
         let event = self.event(step);
         let label = format!("{what} {}", self.task.partition);
@@ -365,13 +435,12 @@ impl Expiring<'_> {
                     .map_err(|e| ("INSERT INTO partwarden.partition_events".to_string(), e))
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         tracing::info!(partition = %self.task.partition, step = step.as_str(), "committed");
         Ok(())
     }
 
-    async fn archive_and_drop(&self, client: &mut Client) -> Result<u64, String> {
+    async fn archive_and_drop(&self, client: &mut Client) -> Result<u64, StepError> {
         let dir = &self.config.maintenance.archive_dir;
         let timeout = self.config.maintenance.archive_timeout;
         let mut written = 0;
@@ -385,8 +454,7 @@ impl Expiring<'_> {
                 Ok(m) => {
                     let outcome = archive_outcome(&paths.data, &m);
                     ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome)
-                        .await
-                        .map_err(|e| error_text(&e))?;
+                        .await?;
                     reuse = Some((paths, m));
                 }
                 Err(e) => {
@@ -400,8 +468,7 @@ impl Expiring<'_> {
                 // The data file of a write interrupted before its manifest is this table's
                 // own leftover when the ledger's last step for it is an unfinished archive.
                 let reclaim = ledger::in_flight(&*client, self.parent)
-                    .await
-                    .map_err(|e| error_text(&e))?
+                    .await?
                     .iter()
                     .any(|l| {
                         l.partition == self.task.partition
@@ -410,7 +477,9 @@ impl Expiring<'_> {
                     });
                 let paths = archive::next_version(dir, self.parent, &self.task.partition, reclaim)
                     .map_err(|e| {
-                        format!("archive failed, the table stays detached and intact: {e}")
+                        StepError::msg(format!(
+                            "archive failed, the table stays detached and intact: {e}"
+                        ))
                     })?;
                 let src = archive::Source {
                     table: self.parent,
@@ -419,30 +488,26 @@ impl Expiring<'_> {
                     upper: self.task.upper,
                     key: self.table.partition_key.as_str(),
                 };
-                let id = ledger::start(&*client, &self.event(Step::Archive))
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                let id = ledger::start(&*client, &self.event(Step::Archive)).await?;
                 let result = archive::write(client, &src, &paths, timeout).await;
                 let outcome = result_outcome(&paths.data, &result);
-                ledger::finish(&*client, id, &outcome)
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                ledger::finish(&*client, id, &outcome).await?;
                 let m = result.map_err(|e| {
-                    format!("archive failed, the table stays detached and intact: {e}")
+                    StepError::msg(format!(
+                        "archive failed, the table stays detached and intact: {e}"
+                    ))
                 })?;
                 written = m.compressed_bytes;
                 fault::point("after_archive");
 
-                let id = ledger::start(&*client, &self.event(Step::Verify))
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                let id = ledger::start(&*client, &self.event(Step::Verify)).await?;
                 let result = archive::verify(&*client, &paths, &self.task.partition).await;
                 let outcome = result_outcome(&paths.data, &result);
-                ledger::finish(&*client, id, &outcome)
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                ledger::finish(&*client, id, &outcome).await?;
                 let m = result.map_err(|e| {
-                    format!("archive did not verify, the table stays detached and intact: {e}")
+                    StepError::msg(format!(
+                        "archive did not verify, the table stays detached and intact: {e}"
+                    ))
                 })?;
                 (paths, m)
             }
@@ -457,12 +522,9 @@ impl Expiring<'_> {
                 Step::Ship,
                 Some(&manifest.sha256),
             )
-            .await
-            .map_err(|e| error_text(&e))?;
+            .await?;
             if !shipped {
-                let id = ledger::start(&*client, &self.event(Step::Ship))
-                    .await
-                    .map_err(|e| error_text(&e))?;
+                let id = ledger::start(&*client, &self.event(Step::Ship)).await?;
                 let timeout = self.config.maintenance.archive_command_timeout;
                 let database = &self.config.database;
                 let mut result = run_archive_command(cmd, &paths.data, timeout, database).await;
@@ -471,10 +533,8 @@ impl Expiring<'_> {
                 }
                 let mut outcome = archive_outcome(&paths.data, &manifest);
                 outcome.error = result.as_ref().err().cloned();
-                ledger::finish(&*client, id, &outcome)
-                    .await
-                    .map_err(|e| error_text(&e))?;
-                result.map_err(|e| format!("archive_command failed, the table stays detached and is retried next pass: {e}"))?;
+                ledger::finish(&*client, id, &outcome).await?;
+                result.map_err(|e| StepError::msg(format!("archive_command failed, the table stays detached and is retried next pass: {e}")))?;
             }
         }
         fault::point("after_ship");
@@ -495,14 +555,12 @@ impl Expiring<'_> {
         &self,
         client: &mut Client,
         paths: &archive::Paths,
-    ) -> Result<Manifest, String> {
-        let m = archive::verify(&*client, paths, &self.task.partition)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Manifest, StepError> {
+        let m = archive::verify(&*client, paths, &self.task.partition).await?;
         let Some(expected) = &m.content_digest else {
-            return Err(
-                "its manifest has no content digest (written by an older partwarden)".into(),
-            );
+            return Err(StepError::msg(
+                "its manifest has no content digest (written by an older partwarden)",
+            ));
         };
         let timeout = self.config.maintenance.archive_timeout;
         let tx = client
@@ -510,20 +568,16 @@ impl Expiring<'_> {
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
-            .await
-            .map_err(|e| error_text(&e))?;
+            .await?;
         tx.batch_execute(&archive::statement_timeout_sql(timeout))
-            .await
-            .map_err(|e| error_text(&e))?;
-        let (_, digest) = archive::table_digest(&tx, &self.task.partition)
-            .await
-            .map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| error_text(&e))?;
+            .await?;
+        let (_, digest) = archive::table_digest(&tx, &self.task.partition).await?;
+        tx.commit().await?;
         if &digest != expected {
-            return Err(format!(
+            return Err(StepError::msg(format!(
                 "the table changed after {} was written (content digest {digest}, archive {expected})",
                 paths.data.display()
-            ));
+            )));
         }
         Ok(m)
     }
@@ -538,7 +592,7 @@ impl Expiring<'_> {
         client: &mut Client,
         archived: Option<&Manifest>,
         outcome: Option<ledger::Outcome>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StepError> {
         let p = self.task.partition.quoted();
         let started_at = Utc::now();
         let event = self.event(Step::Drop);
@@ -591,17 +645,14 @@ impl Expiring<'_> {
                 Ok(Ok(()))
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         if let Err(why) = checked.0 {
             let outcome = ledger::Outcome {
                 error: Some(why.clone()),
                 ..base.clone()
             };
-            ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome)
-                .await
-                .map_err(|e| error_text(&e))?;
-            return Err(why);
+            ledger::record(&*client, &self.event(Step::Verify), started_at, &outcome).await?;
+            return Err(StepError::msg(why));
         }
         tracing::info!(partition = %self.task.partition, "dropped");
         Ok(())
@@ -628,5 +679,28 @@ fn archive_outcome(data: &Path, m: &Manifest) -> ledger::Outcome {
         archive_path: Some(data.display().to_string()),
         checksum: Some(m.sha256.clone()),
         error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_errors_say_whether_to_try_again() {
+        let lock = StepError::Ddl(ddl::DdlError::LockTimeout {
+            label: "detach".into(),
+            attempts: 3,
+            elapsed: Duration::from_secs(1),
+            blockers: Vec::new(),
+        });
+        assert!(lock.is_transient());
+        assert!(lock.code().is_none());
+        let changed = StepError::msg("the detached table changed after its archive was written");
+        assert!(!changed.is_transient());
+        assert_eq!(
+            changed.to_string(),
+            "the detached table changed after its archive was written"
+        );
     }
 }

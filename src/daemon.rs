@@ -334,7 +334,7 @@ impl Daemon {
             self.gate.set_running(false);
             self.unanswered_probes = 0;
             self.outcomes.record(false);
-            metrics::add(&metrics::PASSES_FAILED, 1);
+            metrics::pass("failed");
             self.lost_session();
             self.set_status();
         }
@@ -478,17 +478,9 @@ impl Daemon {
         self.gate.set_running(false);
         let ok = report.ok();
         self.outcomes.record(ok);
-        metrics::add(
-            if ok {
-                &metrics::PASSES_OK
-            } else {
-                &metrics::PASSES_FAILED
-            },
-            1,
-        );
+        metrics::pass(if ok { "ok" } else { "failed" });
         if ok {
-            metrics::LAST_SUCCESS_UNIX
-                .store(Utc::now().timestamp().max(0) as u64, Ordering::SeqCst);
+            metrics::LAST_SUCCESS_UNIX.set(Utc::now().timestamp());
         }
         for t in &report.tables {
             tracing::info!(table = %t.table, created = t.created.len(), expired = t.expired.len(),
@@ -568,7 +560,7 @@ impl Daemon {
                 }
             }
         }
-        metrics::LEADER.store(0, Ordering::SeqCst);
+        metrics::LEADER.set(0);
         if let Some((_, task)) = self.metrics_server.take() {
             task.abort();
         }
@@ -632,7 +624,7 @@ async fn establish(client: &Client, current: &Role) -> Role {
     match pass::try_lock(client).await {
         Ok(Ok(())) => {
             tracing::info!("became leader: this instance runs the maintenance passes");
-            metrics::LEADER.store(1, Ordering::SeqCst);
+            metrics::LEADER.set(1);
             Role::Leader
         }
         Ok(Err(pid)) => {
@@ -652,7 +644,7 @@ async fn establish(client: &Client, current: &Role) -> Role {
 fn reconnect(client: &mut Option<Client>, role: &mut Role, next_attempt: &mut Instant) {
     tracing::info!("database settings changed: reconnecting with the reloaded ones");
     *client = None;
-    metrics::LEADER.store(0, Ordering::SeqCst);
+    metrics::LEADER.set(0);
     *role = Role::Disconnected("reconnecting with the reloaded settings".into());
     *next_attempt = Instant::now();
 }
@@ -667,7 +659,7 @@ fn lost_session(client: &mut Option<Client>, role: &mut Role, next_attempt: &mut
     }
     *client = None;
     *role = Role::Disconnected("session lost".into());
-    metrics::LEADER.store(0, Ordering::SeqCst);
+    metrics::LEADER.set(0);
     *next_attempt = Instant::now();
 }
 

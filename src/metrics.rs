@@ -1,165 +1,127 @@
-//! Prometheus metrics: process-wide counters and per-table gauges, served as text on
-//! `GET /metrics` when `[metrics] listen` is set.
+//! Prometheus metrics: process-wide counters and per-table gauges, served on `GET /metrics`
+//! when `[metrics] listen` is set.
 //!
-//! Counters are plain atomics incremented where things happen (the DDL executor counts lock
-//! timeouts, the pass counts partitions); the daemon sets the gauges after each pass. The HTTP
-//! side is a minimal HTTP/1.0 responder: one request per connection, nothing else to serve.
+//! The metrics are `prometheus-client` types (the Prometheus project's own Rust client) in one
+//! registry, encoded in its OpenMetrics text format: counters are incremented where things
+//! happen (the DDL executor counts lock timeouts, the pass counts partitions), the daemon
+//! sets the gauges after each pass. `prometheus-client` rather than `metrics` +
+//! `metrics-exporter-prometheus`: the latter brings its own HTTP listener, and serving is the
+//! part that must stay ours, with the connection cap and timeouts below (a flood of idle
+//! connections must never starve the daemon of descriptors). The HTTP side is a minimal
+//! HTTP/1.0 responder: one request per connection, nothing else to serve.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Lock timeouts (SQLSTATE 55P03) met by DDL, retried or not.
-pub static LOCK_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
-/// Partitions created.
-pub static PARTITIONS_CREATED: AtomicU64 = AtomicU64::new(0);
-/// Partitions expired (dropped or moved).
-pub static PARTITIONS_EXPIRED: AtomicU64 = AtomicU64::new(0);
-/// Bytes of archives written.
-pub static ARCHIVE_BYTES: AtomicU64 = AtomicU64::new(0);
-/// Passes that completed without error.
-pub static PASSES_OK: AtomicU64 = AtomicU64::new(0);
-/// Passes with at least one failed step.
-pub static PASSES_FAILED: AtomicU64 = AtomicU64::new(0);
-/// Scheduled passes skipped because one was still running.
-pub static PASSES_SKIPPED: AtomicU64 = AtomicU64::new(0);
-/// 1 while this instance holds the leader lock.
-pub static LEADER: AtomicU64 = AtomicU64::new(0);
-/// Unix time of the last successful pass (0: none yet).
-pub static LAST_SUCCESS_UNIX: AtomicU64 = AtomicU64::new(0);
+/// Labels of a per-table or per-result series.
+type Labels = Vec<(&'static str, String)>;
 
-/// Per-table gauges: table → (runway periods, default partition has rows).
-static TABLES: Mutex<BTreeMap<String, (u32, bool)>> = Mutex::new(BTreeMap::new());
+/// Lock timeouts (SQLSTATE 55P03) met by DDL, retried or not.
+pub static LOCK_TIMEOUTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Partitions created.
+pub static PARTITIONS_CREATED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Partitions expired (dropped or moved).
+pub static PARTITIONS_EXPIRED: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Bytes of archives written.
+pub static ARCHIVE_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Passes by result: `ok`, `failed`, `skipped` (a scheduled pass while one still ran).
+pub static PASSES: LazyLock<Family<Labels, Counter>> = LazyLock::new(Family::default);
+/// 1 while this instance holds the leader lock.
+pub static LEADER: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Unix time of the last successful pass (0: none yet).
+pub static LAST_SUCCESS_UNIX: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Whole periods after the current one that have partitions, per table.
+static RUNWAY: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// 1 when the table's DEFAULT partition holds rows, per table.
+static DEFAULT_HAS_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+
+/// The registry every metric above is in, in the order they are exposed.
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let mut r = Registry::default();
+    r.register(
+        "partwarden_runway_periods",
+        "Whole periods after the current one that have partitions.",
+        RUNWAY.clone(),
+    );
+    r.register(
+        "partwarden_default_partition_has_rows",
+        "1 when the table's DEFAULT partition holds rows.",
+        DEFAULT_HAS_ROWS.clone(),
+    );
+    r.register(
+        "partwarden_last_successful_pass_timestamp_seconds",
+        "Unix time of the last pass without failures (0: none yet).",
+        (*LAST_SUCCESS_UNIX).clone(),
+    );
+    r.register(
+        "partwarden_passes",
+        "Maintenance passes by result.",
+        PASSES.clone(),
+    );
+    r.register(
+        "partwarden_lock_timeouts",
+        "DDL statements that hit lock_timeout.",
+        (*LOCK_TIMEOUTS).clone(),
+    );
+    r.register(
+        "partwarden_partitions_created",
+        "Partitions created.",
+        (*PARTITIONS_CREATED).clone(),
+    );
+    r.register(
+        "partwarden_partitions_expired",
+        "Partitions expired (dropped after a verified archive, moved, or dropped).",
+        (*PARTITIONS_EXPIRED).clone(),
+    );
+    r.register(
+        "partwarden_archive_bytes",
+        "Bytes of archive files written.",
+        (*ARCHIVE_BYTES).clone(),
+    );
+    r.register(
+        "partwarden_leader",
+        "1 while this instance holds the leader lock and runs passes.",
+        (*LEADER).clone(),
+    );
+    r
+});
 
 /// Records the gauges of one table after a pass.
 pub fn set_table(table: &str, runway_periods: u32, default_has_rows: bool) {
-    TABLES
-        .lock()
-        .expect("metrics lock")
-        .insert(table.to_string(), (runway_periods, default_has_rows));
+    let labels: Labels = vec![("table", table.to_string())];
+    RUNWAY.get_or_create(&labels).set(i64::from(runway_periods));
+    DEFAULT_HAS_ROWS
+        .get_or_create(&labels)
+        .set(i64::from(default_has_rows));
+}
+
+/// Counts one pass with `result` (`ok`, `failed`, `skipped`).
+pub fn pass(result: &'static str) {
+    PASSES
+        .get_or_create(&vec![("result", result.to_string())])
+        .inc();
 }
 
 /// Adds `n` to a counter.
-pub fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+pub fn add(counter: &Counter, n: u64) {
+    counter.inc_by(n);
 }
 
-/// The exposition text.
+/// The exposition text (OpenMetrics).
 pub fn render() -> String {
-    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    // Every result shows from the start, at 0, so that alerts on rates see a series.
+    for result in ["ok", "failed", "skipped"] {
+        let _ = PASSES.get_or_create(&vec![("result", result.to_string())]);
+    }
     let mut s = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<String>| {
-        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for l in lines {
-            s.push_str(&l);
-            s.push('\n');
-        }
-    };
-    let tables = TABLES.lock().expect("metrics lock").clone();
-    metric(
-        "partwarden_runway_periods",
-        "gauge",
-        "Whole periods after the current one that have partitions.",
-        tables
-            .iter()
-            .map(|(t, (r, _))| format!("partwarden_runway_periods{{table=\"{}\"}} {r}", escape(t)))
-            .collect(),
-    );
-    metric(
-        "partwarden_default_partition_has_rows",
-        "gauge",
-        "1 when the table's DEFAULT partition holds rows.",
-        tables
-            .iter()
-            .map(|(t, (_, d))| {
-                format!(
-                    "partwarden_default_partition_has_rows{{table=\"{}\"}} {}",
-                    escape(t),
-                    u8::from(*d)
-                )
-            })
-            .collect(),
-    );
-    metric(
-        "partwarden_last_successful_pass_timestamp_seconds",
-        "gauge",
-        "Unix time of the last pass without failures (0: none yet).",
-        vec![format!(
-            "partwarden_last_successful_pass_timestamp_seconds {}",
-            get(&LAST_SUCCESS_UNIX)
-        )],
-    );
-    metric(
-        "partwarden_passes_total",
-        "counter",
-        "Maintenance passes by result.",
-        vec![
-            format!(
-                "partwarden_passes_total{{result=\"ok\"}} {}",
-                get(&PASSES_OK)
-            ),
-            format!(
-                "partwarden_passes_total{{result=\"failed\"}} {}",
-                get(&PASSES_FAILED)
-            ),
-            format!(
-                "partwarden_passes_total{{result=\"skipped\"}} {}",
-                get(&PASSES_SKIPPED)
-            ),
-        ],
-    );
-    metric(
-        "partwarden_lock_timeouts_total",
-        "counter",
-        "DDL statements that hit lock_timeout.",
-        vec![format!(
-            "partwarden_lock_timeouts_total {}",
-            get(&LOCK_TIMEOUTS)
-        )],
-    );
-    metric(
-        "partwarden_partitions_created_total",
-        "counter",
-        "Partitions created.",
-        vec![format!(
-            "partwarden_partitions_created_total {}",
-            get(&PARTITIONS_CREATED)
-        )],
-    );
-    metric(
-        "partwarden_partitions_expired_total",
-        "counter",
-        "Partitions expired (dropped after a verified archive, moved, or dropped).",
-        vec![format!(
-            "partwarden_partitions_expired_total {}",
-            get(&PARTITIONS_EXPIRED)
-        )],
-    );
-    metric(
-        "partwarden_archive_bytes_total",
-        "counter",
-        "Bytes of archive files written.",
-        vec![format!(
-            "partwarden_archive_bytes_total {}",
-            get(&ARCHIVE_BYTES)
-        )],
-    );
-    metric(
-        "partwarden_leader",
-        "gauge",
-        "1 while this instance holds the leader lock and runs passes.",
-        vec![format!("partwarden_leader {}", get(&LEADER))],
-    );
+    prometheus_client::encoding::text::encode(&mut s, &REGISTRY).expect("encoding to a String");
     s
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Connections served at once. Further ones wait in the kernel's listen backlog, holding no
@@ -231,7 +193,11 @@ pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task
                 let (status, body, ctype) = if request.starts_with("GET /metrics ")
                     || request.starts_with("GET /metrics?")
                 {
-                    ("200 OK", render(), "text/plain; version=0.0.4")
+                    (
+                        "200 OK",
+                        render(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
                 } else {
                     (
                         "404 Not Found",

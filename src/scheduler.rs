@@ -40,7 +40,7 @@ impl Gate {
     pub fn offer(&self, tx: &mpsc::Sender<()>) -> Offer {
         if self.running.load(Ordering::SeqCst) || tx.try_send(()).is_err() {
             self.skipped.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::add(&crate::metrics::PASSES_SKIPPED, 1);
+            crate::metrics::pass("skipped");
             tracing::warn!("maintenance pass due while the previous one is still running: skipped");
             return Offer::Skipped;
         }

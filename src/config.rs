@@ -647,20 +647,24 @@ fn redact_url_credentials(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find("://") {
-        let after = &rest[i + 3..];
-        out.push_str(&rest[..i + 3]);
-        rest = after;
-        // tokio-postgres takes everything before the first `@` as `user[:password]`.
-        let (Some(first_at), Some(colon)) = (after.find('@'), after.find(':')) else {
+        // The credentials as tokio-postgres reads them (`connstr`): up to the first `@`.
+        let Some(creds) =
+            crate::connstr::url_credentials(&rest[i..]).map(|r| (r.start + i)..(r.end + i))
+        else {
+            out.push_str(&rest[..i + 3]);
+            rest = &rest[i + 3..];
             continue;
         };
-        if colon > first_at {
+        let Some(colon) = rest[creds.clone()].find(':') else {
+            out.push_str(&rest[..i + 3]);
+            rest = &rest[i + 3..];
             continue;
-        }
-        let last_at = after.rfind('@').expect("an @ was found");
-        out.push_str(&after[..colon + 1]);
+        };
+        // Hide more, never less: up to the last `@`, in case a raw `@` is in the password.
+        let last_at = rest.rfind('@').expect("an @ was found");
+        out.push_str(&rest[..creds.start + colon + 1]);
         out.push_str("***");
-        rest = &after[last_at..];
+        rest = &rest[last_at..];
     }
     out.push_str(rest);
     out
@@ -700,7 +704,7 @@ fn redact_password_params(s: &str) -> String {
         let len = if in_url_query {
             value.find('&').unwrap_or(value.len())
         } else {
-            libpq_value_len(value)
+            crate::connstr::value_len(value)
         };
         out.push_str(&s[from..value_start]);
         out.push_str("***");
@@ -709,29 +713,6 @@ fn redact_password_params(s: &str) -> String {
     }
     out.push_str(&s[from..]);
     out
-}
-
-/// Bytes of a libpq key=value value at the start of `v`: quoted (to the closing unescaped
-/// `'`, or the end), or plain (to unescaped white space); a backslash escapes the next
-/// character in both.
-fn libpq_value_len(v: &str) -> usize {
-    let (quoted, body) = match v.strip_prefix('\'') {
-        Some(b) => (true, b),
-        None => (false, v),
-    };
-    let offset = usize::from(quoted);
-    let mut chars = body.char_indices();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            '\'' if quoted => return offset + i + 1,
-            c if !quoted && c.is_whitespace() => return i,
-            _ => {}
-        }
-    }
-    v.len()
 }
 
 /// Error texts of the TOML parser quote the offending line of the file, escaped as it is

@@ -36,6 +36,8 @@ pub mod clock;
 #[cfg(feature = "daemon")]
 pub mod config;
 #[cfg(feature = "daemon")]
+pub mod connstr;
+#[cfg(feature = "daemon")]
 pub mod copyfmt;
 #[cfg(feature = "daemon")]
 pub mod daemon;

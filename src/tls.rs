@@ -22,6 +22,8 @@ use rustls::{
 };
 use tokio_postgres::config::SslMode as PgSslMode;
 
+use crate::connstr;
+
 /// libpq's sslmode values that partwarden supports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
@@ -75,8 +77,8 @@ pub fn split(conn: &str) -> Result<(String, TlsSettings), String> {
             _ => Ok(false),
         }
     };
-    let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        match conn.split_once('?') {
+    let rest = if connstr::is_url(conn) {
+        match connstr::url_query_start(conn).map(|q| (&conn[..q], &conn[q + 1..])) {
             None => conn.to_string(),
             Some((base, query)) => {
                 let mut kept = Vec::new();
@@ -95,7 +97,7 @@ pub fn split(conn: &str) -> Result<(String, TlsSettings), String> {
         }
     } else {
         let mut kept = Vec::new();
-        for (k, v, raw) in key_values(conn) {
+        for (k, v, raw) in connstr::key_values(conn) {
             if !take(&k, &v)? {
                 kept.push(raw);
             }
@@ -109,58 +111,6 @@ pub fn split(conn: &str) -> Result<(String, TlsSettings), String> {
             root_cert: root,
         },
     ))
-}
-
-/// `key=value` pairs of a libpq connection string, with their raw text (quotes kept).
-fn key_values(s: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let chars: Vec<char> = s.chars().collect();
-    let mut i = 0;
-    while i < chars.len() {
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        let start = i;
-        let mut key = String::new();
-        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
-            key.push(chars[i]);
-            i += 1;
-        }
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        if i < chars.len() && chars[i] == '=' {
-            i += 1;
-        }
-        while i < chars.len() && chars[i].is_whitespace() {
-            i += 1;
-        }
-        let mut value = String::new();
-        if i < chars.len() && chars[i] == '\'' {
-            i += 1;
-            while i < chars.len() && chars[i] != '\'' {
-                if chars[i] == '\\' && i + 1 < chars.len() {
-                    i += 1;
-                }
-                value.push(chars[i]);
-                i += 1;
-            }
-            i += 1;
-        } else {
-            while i < chars.len() && !chars[i].is_whitespace() {
-                value.push(chars[i]);
-                i += 1;
-            }
-        }
-        if !key.is_empty() {
-            out.push((
-                key,
-                value,
-                chars[start..i.min(chars.len())].iter().collect(),
-            ));
-        }
-    }
-    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -365,6 +315,19 @@ mod tests {
                 .unwrap_err()
                 .contains("paranoid")
         );
+    }
+
+    /// The query of a URL starts at the first `?` after the credentials, as tokio-postgres
+    /// reads it: a `?` in the password silently dropped `sslmode=require` to `prefer`.
+    #[test]
+    fn a_question_mark_in_the_password_does_not_eat_sslmode() {
+        let (rest, s) =
+            split("postgresql://app:pa?ss@db/odds?sslmode=require&application_name=x").unwrap();
+        assert_eq!(rest, "postgresql://app:pa?ss@db/odds?application_name=x");
+        assert_eq!(s.mode, SslMode::Require);
+        let (rest, s) = split("postgresql://app:pa?ss@db/odds").unwrap();
+        assert_eq!(rest, "postgresql://app:pa?ss@db/odds");
+        assert_eq!(s.mode, SslMode::Prefer);
     }
 
     #[test]

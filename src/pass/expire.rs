@@ -337,24 +337,39 @@ impl Expiring<'_> {
         }
     }
 
+    /// Runs a step that is not one transaction between a started and a finished ledger event
+    /// (the bracket), recording the outcome `outcome_of` derives from its result; a crash in
+    /// between leaves the step started, and the next pass looks at the catalog and the files.
+    async fn bracket<T, E>(
+        &self,
+        client: &mut Client,
+        step: Step,
+        act: impl AsyncFnOnce(&mut Client) -> Result<T, E>,
+        outcome_of: impl FnOnce(&Result<T, E>) -> ledger::Outcome,
+    ) -> Result<Result<T, E>, StepError> {
+        let id = ledger::start(&*client, &self.event(step)).await?;
+        let result = act(client).await;
+        ledger::finish(&*client, id, &outcome_of(&result)).await?;
+        Ok(result)
+    }
+
     async fn detach_concurrently(&self, client: &mut Client) -> Result<(), StepError> {
-        let id = ledger::start(&*client, &self.event(Step::Detach)).await?;
         let sql = sql::detach(self.parent, &self.task.partition, true);
         // Its wait for older transactions does not block writers, so it runs without the short
         // lock_timeout (which would cancel it half way and leave it pending), bounded by
         // statement_timeout instead.
-        let result = async {
+        let detach = async |client: &mut Client| {
             client.batch_execute("SET lock_timeout = 0").await?;
             let r = client.batch_execute(&sql).await;
             client.batch_execute("RESET lock_timeout").await?;
             r
-        }
-        .await;
-        let outcome = ledger::Outcome {
-            error: result.as_ref().err().map(error_text),
-            ..Default::default()
         };
-        ledger::finish(&*client, id, &outcome).await?;
+        let result = self
+            .bracket(client, Step::Detach, detach, |r| ledger::Outcome {
+                error: r.as_ref().err().map(error_text),
+                ..Default::default()
+            })
+            .await?;
         result.map_err(|e| StepError::Failed {
             message: format!(
                 "DETACH CONCURRENTLY: {} (if it was interrupted, the partition is pending detach and the next pass finalizes it)",
@@ -488,10 +503,13 @@ impl Expiring<'_> {
                     upper: self.task.upper,
                     key: self.table.partition_key.as_str(),
                 };
-                let id = ledger::start(&*client, &self.event(Step::Archive)).await?;
-                let result = archive::write(client, &src, &paths, timeout).await;
-                let outcome = result_outcome(&paths.data, &result);
-                ledger::finish(&*client, id, &outcome).await?;
+                let write =
+                    async |client: &mut Client| archive::write(client, &src, &paths, timeout).await;
+                let result = self
+                    .bracket(client, Step::Archive, write, |r| {
+                        result_outcome(&paths.data, r)
+                    })
+                    .await?;
                 let m = result.map_err(|e| {
                     StepError::msg(format!(
                         "archive failed, the table stays detached and intact: {e}"
@@ -500,10 +518,14 @@ impl Expiring<'_> {
                 written = m.compressed_bytes;
                 fault::point("after_archive");
 
-                let id = ledger::start(&*client, &self.event(Step::Verify)).await?;
-                let result = archive::verify(&*client, &paths, &self.task.partition).await;
-                let outcome = result_outcome(&paths.data, &result);
-                ledger::finish(&*client, id, &outcome).await?;
+                let verify = async |client: &mut Client| {
+                    archive::verify(&*client, &paths, &self.task.partition).await
+                };
+                let result = self
+                    .bracket(client, Step::Verify, verify, |r| {
+                        result_outcome(&paths.data, r)
+                    })
+                    .await?;
                 let m = result.map_err(|e| {
                     StepError::msg(format!(
                         "archive did not verify, the table stays detached and intact: {e}"
@@ -524,16 +546,18 @@ impl Expiring<'_> {
             )
             .await?;
             if !shipped {
-                let id = ledger::start(&*client, &self.event(Step::Ship)).await?;
                 let timeout = self.config.maintenance.archive_command_timeout;
                 let database = &self.config.database;
-                let mut result = run_archive_command(cmd, &paths.data, timeout, database).await;
-                if result.is_ok() {
-                    result = run_archive_command(cmd, &paths.manifest, timeout, database).await;
-                }
-                let mut outcome = archive_outcome(&paths.data, &manifest);
-                outcome.error = result.as_ref().err().cloned();
-                ledger::finish(&*client, id, &outcome).await?;
+                let ship = async |_: &mut Client| {
+                    run_archive_command(cmd, &paths.data, timeout, database).await?;
+                    run_archive_command(cmd, &paths.manifest, timeout, database).await
+                };
+                let result = self
+                    .bracket(client, Step::Ship, ship, |r| ledger::Outcome {
+                        error: r.as_ref().err().cloned(),
+                        ..archive_outcome(&paths.data, &manifest)
+                    })
+                    .await?;
                 result.map_err(|e| StepError::msg(format!("archive_command failed, the table stays detached and is retried next pass: {e}")))?;
             }
         }

@@ -618,6 +618,58 @@ async fn archive_command_gets_no_database_secret() {
     );
 }
 
+/// What a probe saw while a pass ran: its longest statement, how many it ran, how many failed.
+struct Probed {
+    worst: Duration,
+    n: u32,
+    failed: u32,
+}
+
+/// Runs `--run-once` on a blocking thread while a reader and a writer run their statement
+/// every 5 ms on sessions of their own: a cheap reader of the parent that opens every
+/// partition, the DEFAULT one included (an index probe in each), so that its time is the time
+/// it waits for locks; and a writer of the current month. Returns the pass's (code, stdout,
+/// stderr) and what the reader and the writer saw.
+async fn pass_under_load(db: &TestDb, config: &Path) -> ((i32, String, String), Probed, Probed) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = |sql: &'static str| {
+        let stop = stop.clone();
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let c = crate::support::connect(&url).await;
+            let mut p = Probed {
+                worst: Duration::ZERO,
+                n: 0,
+                failed: 0,
+            };
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                if c.batch_execute(sql).await.is_err() {
+                    p.failed += 1;
+                }
+                p.worst = p.worst.max(t.elapsed());
+                p.n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            p
+        })
+    };
+    let reader = probe(
+        "SELECT 1 FROM market_odds_history WHERE event_id = -1 AND betpawa_market_id = 'none' LIMIT 1",
+    );
+    let writer = probe(
+        "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at) \
+         VALUES (1, 'betpawa', 'w', '[]', now())",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pass_config = config.to_path_buf();
+    let pass = tokio::task::spawn_blocking(move || run_once(&pass_config, &[]))
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    (pass, reader.await.unwrap(), writer.await.unwrap())
+}
+
 /// Issue item 8: rows moved out of a DEFAULT partition of 1M rows. The ATTACH that followed
 /// the move held ACCESS EXCLUSIVE on the DEFAULT partition while it scanned it (and built the
 /// new partition's indexes): readers of the parent waited 2.5-2.9 s. Now readers and writers
@@ -648,43 +700,9 @@ async fn moving_a_million_default_rows_blocks_neither_readers_nor_writers() {
     .await
     .unwrap();
     assert!(!db.exists(&name(2)).await);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = |sql: &'static str| {
-        let stop = stop.clone();
-        let url = db.url.clone();
-        tokio::spawn(async move {
-            let c = crate::support::connect(&url).await;
-            let mut worst = Duration::ZERO;
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let t = std::time::Instant::now();
-                c.batch_execute(sql).await.unwrap();
-                worst = worst.max(t.elapsed());
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (worst, n)
-        })
-    };
-    // A cheap reader of the parent that opens every partition, the DEFAULT one included (an
-    // index probe in each), so that its time is the time it waits for locks; and a writer of
-    // the current month.
-    let reader = probe(
-        "SELECT 1 FROM market_odds_history WHERE event_id = -1 AND betpawa_market_id = 'none' LIMIT 1",
-    );
-    let writer = probe(
-        "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at) \
-         VALUES (1, 'betpawa', 'w', '[]', now())",
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The pass runs on a blocking thread, so that the probes keep running meanwhile.
-    let pass_config = config.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_once(&pass_config, &[]))
-        .await
-        .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (read_worst, reads) = reader.await.unwrap();
-    let (write_worst, writes) = writer.await.unwrap();
+    let ((code, out, err), read, write) = pass_under_load(&db, &config).await;
+    let (read_worst, reads, write_worst, writes) = (read.worst, read.n, write.worst, write.n);
+    assert_eq!(read.failed + write.failed, 0);
     assert_eq!(code, 0, "{out}{err}");
     assert!(db.exists(&name(2)).await, "{out}");
     let moved: i64 = c
@@ -746,40 +764,9 @@ async fn the_period_being_written_is_split_not_blocked() {
         .await
         .unwrap()
         .get(0);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let probe = |sql: &'static str| {
-        let stop = stop.clone();
-        let url = db.url.clone();
-        tokio::spawn(async move {
-            let c = crate::support::connect(&url).await;
-            let (mut worst, mut n, mut failed) = (Duration::ZERO, 0u32, 0u32);
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let t = std::time::Instant::now();
-                if c.batch_execute(sql).await.is_err() {
-                    failed += 1;
-                }
-                worst = worst.max(t.elapsed());
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (worst, n, failed)
-        })
-    };
-    let reader = probe(
-        "SELECT 1 FROM market_odds_history WHERE event_id = -1 AND betpawa_market_id = 'none' LIMIT 1",
-    );
-    let writer = probe(
-        "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at) \
-         VALUES (1, 'betpawa', 'w', '[]', now())",
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let pass_config = config.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || run_once(&pass_config, &[]))
-        .await
-        .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (read_worst, reads, read_failed) = reader.await.unwrap();
-    let (write_worst, writes, write_failed) = writer.await.unwrap();
+    let ((code, out, err), read, write) = pass_under_load(&db, &config).await;
+    let (read_worst, reads, read_failed) = (read.worst, read.n, read.failed);
+    let (write_worst, writes, write_failed) = (write.worst, write.n, write.failed);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(write_failed, 0, "writes failed during the pass");
     assert_eq!(read_failed, 0);

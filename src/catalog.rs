@@ -149,6 +149,15 @@ impl TableSnapshot {
     pub fn default_partition(&self) -> Option<&Partition> {
         self.partitions.iter().find(|p| p.is_default)
     }
+
+    /// The highest finite upper bound of the range partitions, if any.
+    pub fn last_upper(&self) -> Option<DateTime<Utc>> {
+        self.partitions
+            .iter()
+            .filter(|p| !p.is_default)
+            .filter_map(|p| p.upper)
+            .max()
+    }
 }
 
 /// Reads the snapshot of `table`. Returns a snapshot with `exists == false` when there is no

@@ -94,18 +94,9 @@ pub fn plan(
     check_manageable(table, snap)?;
     let cal = table.calendar();
     let current = cal.containing(now);
-    let mut horizon = current.end;
-    for _ in 0..table.premake {
-        horizon = cal.next(horizon);
-    }
+    let horizon = horizon(table, now);
     // A hole between two partitions is filled even beyond the premake horizon.
-    let last_upper = snap
-        .partitions
-        .iter()
-        .filter(|p| !p.is_default)
-        .filter_map(|p| p.upper)
-        .max();
-    let window_end = last_upper.map_or(horizon, |u| u.max(horizon));
+    let window_end = snap.last_upper().map_or(horizon, |u| u.max(horizon));
     let mut actions: Vec<Create> = Vec::new();
     let mut planned_names: Vec<String> = Vec::new();
     for gap in gaps(snap, current.start, window_end) {
@@ -181,6 +172,16 @@ pub fn plan(
         }
     }
     Ok(actions)
+}
+
+/// The end of the premake horizon: the end of the `premake`-th period after the current one.
+pub fn horizon(table: &TableConfig, now: DateTime<Utc>) -> DateTime<Utc> {
+    let cal = table.calendar();
+    let mut end = cal.containing(now).end;
+    for _ in 0..table.premake {
+        end = cal.next(end);
+    }
+    end
 }
 
 /// How far from `now` a stretch must be, with a DEFAULT partition, to be moved out of it: rows
@@ -881,10 +882,7 @@ pub(crate) mod tests {
             let creates = plan(&tb, &s, now).unwrap();
             let cal = tb.calendar();
             let current = cal.containing(now);
-            let mut horizon = current.end;
-            for _ in 0..tb.premake {
-                horizon = cal.next(horizon);
-            }
+            let horizon = horizon(&tb, now);
             let mut last: Option<DateTime<Utc>> = None;
             let mut names = std::collections::BTreeSet::new();
             for c in &creates {

@@ -165,12 +165,7 @@ async fn probe_routing(
         }
     }
     let default = snap.default_partition();
-    let last_upper = snap
-        .partitions
-        .iter()
-        .filter(|p| !p.is_default)
-        .filter_map(|p| p.upper)
-        .max();
+    let last_upper = snap.last_upper();
     let has_maxvalue = snap
         .partitions
         .iter()

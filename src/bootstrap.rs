@@ -140,19 +140,19 @@ pub async fn run(
 ) -> Result<Summary, BootstrapError> {
     let mut client = db::connect(&config.database).await?;
     let policy = DdlPolicy::from_config(&config.database);
+    let clocks = Clocks::read(&client)
+        .await
+        .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?;
     if !opts.dry_run {
         db::require_primary(&client)
             .await
             .map_err(BootstrapError::Refused)?;
-        let clocks = Clocks::read(&client)
-            .await
-            .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?;
         clocks
             .check(config.database.max_clock_skew)
             .map_err(BootstrapError::Refused)?;
         migrate::lock(&client, config.database.lock_retry_for).await?;
     }
-    let result = run_locked(&mut client, config, &policy, opts, out).await;
+    let result = run_locked(&mut client, config, &policy, opts, clocks.server, out).await;
     if !opts.dry_run
         && let Err(e) = migrate::unlock(&client).await
     {
@@ -166,12 +166,9 @@ async fn run_locked(
     config: &Config,
     policy: &DdlPolicy,
     opts: Options,
+    server_now: chrono::DateTime<chrono::Utc>,
     out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
-    let server_now = Clocks::read(&*client)
-        .await
-        .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?
-        .server;
     let now = opts.now.unwrap_or(server_now);
     let steps = migrate::steps(&*client, MIGRATIONS).await?;
     let mut summary = Summary {

@@ -166,7 +166,7 @@ async fn run_locked(
     config: &Config,
     policy: &DdlPolicy,
     opts: Options,
-    server_now: chrono::DateTime<chrono::Utc>,
+    server_now: DateTime<Utc>,
     out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
     let now = opts.now.unwrap_or(server_now);

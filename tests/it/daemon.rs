@@ -115,6 +115,22 @@ async fn wait_exists(db: &TestDb, rel: &str, timeout: Duration) -> bool {
     false
 }
 
+/// Starts the daemon with a NOTIFY_SOCKET of the test's and, when given, a watchdog period;
+/// returns it with the notifications it sends.
+fn start_notified(
+    config: &Path,
+    db: &TestDb,
+    watchdog_usec: Option<&str>,
+) -> (Daemon, Arc<Mutex<Vec<String>>>) {
+    let (socket, messages) = notify_socket(db.dir.path());
+    let mut env = vec![("NOTIFY_SOCKET", path_str(&socket))];
+    if let Some(w) = watchdog_usec {
+        env.push(("WATCHDOG_USEC", w));
+    }
+    let d = Daemon::start(config, db.dir.path().join("daemon.log"), &env);
+    (d, messages)
+}
+
 /// Collects the datagrams sent to a socket the test provides as NOTIFY_SOCKET.
 fn notify_socket(dir: &Path) -> (PathBuf, Arc<Mutex<Vec<String>>>) {
     let path = dir.join("notify.sock");
@@ -148,15 +164,7 @@ async fn runs_passes_notifies_systemd_and_stops_on_sigterm() {
         .batch_execute(&format!("DROP TABLE {}", month(3)))
         .await
         .unwrap();
-    let (socket, messages) = notify_socket(db.dir.path());
-    let mut d = Daemon::start(
-        &config,
-        db.dir.path().join("daemon.log"),
-        &[
-            ("NOTIFY_SOCKET", path_str(&socket)),
-            ("WATCHDOG_USEC", "1000000"),
-        ],
-    );
+    let (mut d, messages) = start_notified(&config, &db, Some("1000000"));
     assert!(
         wait_exists(&db, &month(3), Duration::from_secs(15)).await,
         "{}",
@@ -270,12 +278,7 @@ async fn survives_the_database_going_away_and_coming_back() {
     let config = daemon_config(&db, "");
     // Down before the daemon starts: it waits, and is not READY.
     server.stop();
-    let (socket, messages) = notify_socket(db.dir.path());
-    let mut d = Daemon::start(
-        &config,
-        db.dir.path().join("daemon.log"),
-        &[("NOTIFY_SOCKET", path_str(&socket))],
-    );
+    let (mut d, messages) = start_notified(&config, &db, None);
     assert!(
         d.wait_log("database unreachable; retrying", 2, Duration::from_secs(10)),
         "{}",
@@ -485,15 +488,7 @@ async fn a_stalled_network_neither_hangs_the_daemon_nor_delays_sigterm() {
     let db = TestDb::new("daemon_stall").await;
     let config = daemon_config(&db, "[daemon]\nshutdown_timeout = \"3s\"\n");
     let proxy = through_stalling_proxy(&db, &config);
-    let (socket, messages) = notify_socket(db.dir.path());
-    let mut d = Daemon::start(
-        &config,
-        db.dir.path().join("daemon.log"),
-        &[
-            ("NOTIFY_SOCKET", path_str(&socket)),
-            ("WATCHDOG_USEC", "2000000"),
-        ],
-    );
+    let (mut d, messages) = start_notified(&config, &db, Some("2000000"));
     assert!(
         d.wait_log("maintenance pass finished", 2, Duration::from_secs(15)),
         "{}",

@@ -512,18 +512,8 @@ async fn dry_run_pass_changes_nothing() {
 
     // --now plans for another instant: in three months, month 3 back is expired too... only
     // with --dry-run.
-    let later = (Utc::now() + Months::new(4)).to_rfc3339();
-    let (code, out, _) = partwarden(
-        &[
-            "--config",
-            path_str(&config),
-            "--run-once",
-            "--dry-run",
-            "--now",
-            &later,
-        ],
-        &[],
-    );
+    let later = Utc::now() + Months::new(4);
+    let (code, out, _) = crate::support::dry_run_pass_at(&config, later);
     assert_eq!(code, 0);
     assert!(
         out.contains(&format!("expire public.{}", month_name(3))),
@@ -531,7 +521,13 @@ async fn dry_run_pass_changes_nothing() {
     );
     assert_eq!(
         partwarden(
-            &["--config", path_str(&config), "--run-once", "--now", &later],
+            &[
+                "--config",
+                path_str(&config),
+                "--run-once",
+                "--now",
+                &later.to_rfc3339()
+            ],
             &[]
         )
         .0,

@@ -25,8 +25,31 @@ fn table_dir(db: &TestDb) -> PathBuf {
 /// A new database with the default configuration, bootstrapped by the real binary: (the
 /// database, its configuration file, a session).
 async fn fresh(test: &str) -> (TestDb, PathBuf, tokio_postgres::Client) {
-    let db = TestDb::new(test).await;
-    let config = db.write_config("", "");
+    bootstrapped_on(TestDb::new(test).await, "").await
+}
+
+/// As [`fresh`], on a server of its own (for a test whose long statements must not hold back
+/// other tests' vacuum horizon), with `database_extra` in `[database]`.
+async fn fresh_private(
+    test: &str,
+    database_extra: &str,
+) -> (
+    crate::support::Server,
+    TestDb,
+    PathBuf,
+    tokio_postgres::Client,
+) {
+    let server = crate::support::private_server();
+    let db = TestDb::on(&server, test).await;
+    let (db, config, c) = bootstrapped_on(db, database_extra).await;
+    (server, db, config, c)
+}
+
+async fn bootstrapped_on(
+    db: TestDb,
+    database_extra: &str,
+) -> (TestDb, PathBuf, tokio_postgres::Client) {
+    let config = db.write_config(database_extra, "");
     bootstrap_cli(&config);
     let c = db.client().await;
     (db, config, c)
@@ -206,12 +229,8 @@ async fn archive_command_timeout_kills_the_whole_process_group() {
 /// partition too large to stream within it could never be archived.
 #[tokio::test]
 async fn a_partition_larger_than_statement_timeout_still_archives() {
-    // A server of its own: its long COPY must not hold back other tests' vacuum horizon.
-    let server = crate::support::private_server();
-    let db = TestDb::on(&server, "archive_timeout").await;
-    let config = db.write_config("statement_timeout = \"400ms\"", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (server, db, config, c) =
+        fresh_private("archive_timeout", "statement_timeout = \"400ms\"").await;
     let (lo, hi) = (start(8), start(7));
     c.batch_execute(&format!(
         "CREATE TABLE {n} PARTITION OF market_odds_history FOR VALUES FROM ('{lo}') TO ('{hi}');
@@ -340,18 +359,8 @@ async fn a_host_clock_months_ahead_expires_nothing() {
     let before = crate::support::catalog_dump(&c).await;
 
     // A dry run told that it is 8 months later plans no expiry of the current month.
-    let later = (chrono::Utc::now() + Months::new(8)).to_rfc3339();
-    let (code, out, err) = partwarden(
-        &[
-            "--config",
-            path_str(&config),
-            "--run-once",
-            "--dry-run",
-            "--now",
-            &later,
-        ],
-        &[],
-    );
+    let (code, out, err) =
+        crate::support::dry_run_pass_at(&config, chrono::Utc::now() + Months::new(8));
     assert!(code == 0 || code == 1, "{out}{err}");
     assert!(
         !out.contains(&format!("DETACH PARTITION \"public\".\"{current}\"")),
@@ -676,12 +685,7 @@ async fn pass_under_load(db: &TestDb, config: &Path) -> ((i32, String, String), 
 /// never wait longer than lock_timeout (200 ms) + 50 ms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_million_default_rows_blocks_neither_readers_nor_writers() {
-    // A server of its own: the long move must not hold back other tests' vacuum horizon.
-    let server = crate::support::private_server();
-    let db = TestDb::on(&server, "default_million").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (server, db, config, c) = fresh_private("default_million", "").await;
     // Three months ago has a partition, two months ago none: its rows went to the DEFAULT
     // partition, and the pass fills the hole.
     let (lo, hi) = (start(2), start(1));
@@ -742,11 +746,7 @@ async fn moving_a_million_default_rows_blocks_neither_readers_nor_writers() {
 /// planned 15 minutes later).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_period_being_written_is_split_not_blocked() {
-    let server = crate::support::private_server();
-    let db = TestDb::on(&server, "default_current").await;
-    let config = db.write_config("", "");
-    bootstrap_cli(&config);
-    let c = db.client().await;
+    let (server, db, config, c) = fresh_private("default_current", "").await;
     let current = name(0);
     c.batch_execute(&format!(
         "DROP TABLE {current};
@@ -797,17 +797,9 @@ async fn the_period_being_written_is_split_not_blocked() {
     assert_eq!(late, 0);
     // A quarter of an hour on, the rest of the period is more than 5 minutes past: planned
     // with the non-blocking recipe.
-    let later = (chrono::Utc::now() + chrono::Duration::minutes(15)).to_rfc3339();
-    let (_, plan, _) = partwarden(
-        &[
-            "--config",
-            path_str(&config),
-            "--run-once",
-            "--dry-run",
-            "--now",
-            &later,
-        ],
-        &[],
+    let (_, plan, _) = crate::support::dry_run_pass_at(
+        &config,
+        chrono::Utc::now() + chrono::Duration::minutes(15),
     );
     assert!(
         plan.contains(&format!("create partition public.{current}"))

@@ -28,6 +28,21 @@ pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs `--run-once --dry-run --now <at>`: the plan as if the clock said `at`.
+pub fn dry_run_pass_at(config: &Path, at: chrono::DateTime<chrono::Utc>) -> (i32, String, String) {
+    partwarden(
+        &[
+            "--config",
+            path_str(config),
+            "--run-once",
+            "--dry-run",
+            "--now",
+            &at.to_rfc3339(),
+        ],
+        &[],
+    )
+}
+
 /// Runs `--check --format json`: (exit code, the report).
 pub fn check_json(config: &Path) -> (i32, serde_json::Value) {
     let (code, out, err) = partwarden(

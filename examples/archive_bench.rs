@@ -8,8 +8,10 @@
 //!
 //! Run: `cargo run --release --example archive_bench` (starts its own throwaway PostgreSQL).
 
-#[path = "../tests/it/pg.rs"]
-mod pg;
+mod common;
+use common as pg;
+#[allow(unused_imports)]
+use common::Partwarden as _;
 
 use std::time::{Duration, Instant};
 

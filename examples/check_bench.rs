@@ -7,8 +7,10 @@
 //! Run: `cargo run --release --example check_bench [-- --rows 10000000]` (starts its own
 //! throwaway PostgreSQL, like the tests).
 
-#[path = "../tests/it/pg.rs"]
-mod pg;
+mod common;
+use common as pg;
+#[allow(unused_imports)]
+use common::Partwarden as _;
 
 use std::time::{Duration, Instant};
 

@@ -10,8 +10,10 @@
 //! Run: `cargo run --release --example lifecycle_bench [-- --reader-secs 20]`
 //! (starts its own throwaway PostgreSQL, like the tests).
 
-#[path = "../tests/it/pg.rs"]
-mod pg;
+mod common;
+use common as pg;
+#[allow(unused_imports)]
+use common::Partwarden as _;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -5,8 +5,10 @@
 //! Run: `cargo build --release && cargo run --release --example soak_bench [-- --minutes 10]`
 //! (the daemon is the release binary; its own throwaway PostgreSQL).
 
-#[path = "../tests/it/pg.rs"]
-mod pg;
+mod common;
+use common as pg;
+#[allow(unused_imports)]
+use common::Partwarden as _;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -16,10 +16,10 @@ use crate::catalog::{self, RelName};
 use crate::clock::Clocks;
 use crate::config::Config;
 use crate::db::{self, ConnectError};
-use crate::ddl::DdlPolicy;
-use crate::migrate::{self, MIGRATIONS, MigrateError, Step};
+use crate::migrate::{self, MIGRATIONS, MigrateError};
 use crate::pass;
 use crate::premake::{self, Runway};
+use crate::step::Executor;
 
 /// How a bootstrap runs.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +139,6 @@ pub async fn run(
     out: &mut (dyn Write + Send),
 ) -> Result<Summary, BootstrapError> {
     let mut client = db::connect(&config.database).await?;
-    let policy = DdlPolicy::from_config(&config.database);
     let clocks = Clocks::read(&client)
         .await
         .map_err(|e| BootstrapError::Refused(db::error_text(&e)))?;
@@ -152,7 +151,7 @@ pub async fn run(
             .map_err(BootstrapError::Refused)?;
         migrate::lock(&client, config.database.lock_retry_for).await?;
     }
-    let result = run_locked(&mut client, config, &policy, opts, clocks.server, out).await;
+    let result = run_locked(&mut client, config, opts, clocks.server, out).await;
     if !opts.dry_run
         && let Err(e) = migrate::unlock(&client).await
     {
@@ -164,7 +163,6 @@ pub async fn run(
 async fn run_locked(
     client: &mut Client,
     config: &Config,
-    policy: &DdlPolicy,
     opts: Options,
     server_now: DateTime<Utc>,
     out: &mut (dyn Write + Send),
@@ -176,16 +174,20 @@ async fn run_locked(
         migrations_already_applied: MIGRATIONS.len() - steps.len(),
         ..Summary::default()
     };
-    for step in &steps {
+    for pending in &steps {
         if opts.dry_run {
-            let _ = writeln!(out, "{}", step.to_sql(policy));
+            let _ = writeln!(out, "{}", pending.step.render(config));
         } else {
-            migrate::run_step(client, policy, step).await?;
+            Executor::new(client, config)
+                .run(&pending.step)
+                .await
+                .map_err(MigrateError::from)?;
         }
-        let id = step.migration().id();
-        match step {
-            Step::Apply(_) => summary.migrations_applied.push(id),
-            Step::Adopt(_) => summary.migrations_adopted.push(id),
+        let id = pending.migration.id();
+        if pending.adopt {
+            summary.migrations_adopted.push(id);
+        } else {
+            summary.migrations_applied.push(id);
         }
     }
     for table in &config.tables {
@@ -200,8 +202,8 @@ async fn run_locked(
                     && !snap.exists
                     && let Some(t) = steps
                         .iter()
-                        .filter(|s| matches!(s, Step::Apply(_)))
-                        .flat_map(|s| s.migration().adopts.iter())
+                        .filter(|s| !s.adopt)
+                        .flat_map(|s| s.migration.adopts.iter())
                         .find(|t| t.rel_name() == rel)
                 {
                     snap = t.as_snapshot();
@@ -210,7 +212,6 @@ async fn run_locked(
                     client,
                     &mut pass::Ctx {
                         config,
-                        policy,
                         dry_run: opts.dry_run,
                         now,
                         server_now,

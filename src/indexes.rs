@@ -14,6 +14,7 @@ use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Index, RelName};
 use crate::ident::{MAX_IDENT_BYTES, quote_ident};
+use crate::step::{Bound, Statement, Step, Work};
 
 /// An index on a partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -221,51 +222,24 @@ pub enum Repair {
     },
 }
 
-/// What bounds a `... CONCURRENTLY` statement, which waits without blocking writers and so
-/// runs with lock_timeout off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bound {
-    /// `maintenance.index_build_timeout`: an index build takes as long as the partition.
-    IndexBuild,
-    /// `database.statement_timeout`.
-    Statement,
-}
-
-/// One statement of a repair, with how it must run: typed, so that the executor never has to
-/// guess from the text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RepairStep {
-    /// Outside a transaction block (`CREATE INDEX CONCURRENTLY`, `DROP INDEX CONCURRENTLY`).
-    Concurrently {
-        /// The statement.
-        sql: String,
-        /// Its statement_timeout.
-        bound: Bound,
-    },
-    /// In a transaction of its own under lock_timeout, retried (`ALTER INDEX ... ATTACH`).
-    Transaction {
-        /// The statement.
-        sql: String,
-    },
-}
-
-impl RepairStep {
-    /// The statement's text.
-    pub fn sql(&self) -> &str {
-        match self {
-            RepairStep::Concurrently { sql, .. } | RepairStep::Transaction { sql } => sql,
-        }
-    }
-}
-
 impl Repair {
-    /// The steps, in order, each with how it runs.
-    pub fn steps(&self) -> Vec<RepairStep> {
+    /// The steps, in order, each with how it runs: `... CONCURRENTLY` outside a transaction
+    /// under its own bound, `ALTER INDEX ... ATTACH PARTITION` in a transaction under
+    /// lock_timeout. Typed, so that the executor never has to guess from the text.
+    pub(crate) fn steps(&self) -> Vec<Step> {
+        let label = self.label();
+        let concurrently = |sql: String, bound: Bound| {
+            Step::of(
+                label.clone(),
+                "the indexes check reports it",
+                Work::Concurrently { sql, bound },
+            )
+        };
         match self {
-            Repair::DropInvalid { index } => vec![RepairStep::Concurrently {
-                sql: format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.quoted()),
-                bound: Bound::Statement,
-            }],
+            Repair::DropInvalid { index } => vec![concurrently(
+                format!("DROP INDEX CONCURRENTLY IF EXISTS {}", index.quoted()),
+                Bound::Statement,
+            )],
             Repair::Build {
                 partition,
                 parent_index,
@@ -276,31 +250,37 @@ impl Repair {
             } => {
                 let mut v = Vec::new();
                 if !reuse {
-                    v.push(RepairStep::Concurrently {
-                        sql: format!(
+                    v.push(concurrently(
+                        format!(
                             "CREATE {}INDEX CONCURRENTLY IF NOT EXISTS {} ON {} {definition}",
                             if *unique { "UNIQUE " } else { "" },
                             quote_ident(&child_index.name),
                             partition.quoted()
                         ),
-                        bound: Bound::IndexBuild,
-                    });
+                        Bound::IndexBuild,
+                    ));
                 }
-                v.push(RepairStep::Transaction {
-                    sql: format!(
-                        "ALTER INDEX {} ATTACH PARTITION {}",
-                        parent_index.quoted(),
-                        child_index.quoted()
-                    ),
-                });
+                v.push(
+                    Step::transaction(
+                        label.clone(),
+                        "the partition's index is not attached to the parent index",
+                        vec![Statement::Sql(format!(
+                            "ALTER INDEX {} ATTACH PARTITION {}",
+                            parent_index.quoted(),
+                            child_index.quoted()
+                        ))],
+                    )
+                    .locking(vec![parent_index.quoted(), child_index.quoted()]),
+                );
                 v
             }
         }
     }
 
-    /// The statements, as `--dry-run` prints them: the text of [`Repair::steps`].
+    /// The statements, as `--dry-run` prints them.
+    #[cfg(test)]
     pub fn statements(&self) -> Vec<String> {
-        self.steps().iter().map(|s| s.sql().to_string()).collect()
+        self.steps().iter().flat_map(Step::statements).collect()
     }
 
     /// One line for logs and reports.
@@ -524,5 +504,77 @@ mod tests {
         let n = child_index_name(&"p".repeat(50), &"i".repeat(30));
         assert_eq!(n.len(), 63);
         assert_ne!(n, child_index_name(&"p".repeat(50), &"j".repeat(30)));
+    }
+}
+
+/// Against a real PostgreSQL (the test harness crate).
+#[cfg(test)]
+mod pg_tests {
+    use super::*;
+    use crate::config::Config;
+    use partwarden_testkit::TestDb;
+
+    /// A partition or index dropped by someone else while partwarden reads the catalog is still in
+    /// the reading query's snapshot, but the server's pg_get_expr / pg_get_indexdef no longer find
+    /// it and return NULL. A REPEATABLE READ transaction holds such a snapshot open so the race is
+    /// hit every time: the reads must list what is left, not fail (the daemon once panicked here).
+    #[tokio::test]
+    async fn catalog_reads_survive_objects_dropped_concurrently() {
+        let db = TestDb::new("concurrent_drop").await;
+        let config = Config::load(&db.write_config("", "")).unwrap();
+        let opts = crate::bootstrap::Options {
+            dry_run: false,
+            now: None,
+        };
+        crate::bootstrap::run(&config, opts, &mut std::io::sink())
+            .await
+            .unwrap();
+        let c = db.client().await;
+        c.batch_execute(
+            "CREATE INDEX extra_parent_idx ON market_odds_history (bookmaker_slug);
+             CREATE INDEX extra_current_idx ON market_odds_current (bookmaker_slug)",
+        )
+        .await
+        .unwrap();
+        let table = RelName {
+            schema: "public".into(),
+            name: "market_odds_history".into(),
+        };
+        let current = RelName {
+            schema: "public".into(),
+            name: "market_odds_current".into(),
+        };
+        let mut reader = db.client().await;
+        let before = catalog::snapshot(&c, &table).await.unwrap();
+        let gone = format!(
+            "market_odds_history{}",
+            crate::period::Interval::Monthly.suffix(chrono::Utc::now())
+        );
+        assert!(before.partitions.iter().any(|p| p.name.name == gone));
+
+        let tx = reader
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await
+            .unwrap();
+        tx.batch_execute("SELECT 1").await.unwrap(); // takes the snapshot
+        c.batch_execute(&format!(
+            "DROP TABLE {gone}; DROP INDEX extra_parent_idx; DROP INDEX extra_current_idx"
+        ))
+        .await
+        .unwrap();
+
+        let snap = catalog::snapshot(&tx, &table).await.unwrap();
+        assert_eq!(snap.partitions.len(), before.partitions.len() - 1);
+        assert!(!snap.partitions.iter().any(|p| p.name.name == gone));
+        assert!(!snap.indexes.iter().any(|i| i.name == "extra_parent_idx"));
+        let cur = catalog::snapshot(&tx, &current).await.unwrap();
+        assert!(!cur.indexes.iter().any(|i| i.name == "extra_current_idx"));
+        let idx = snapshot(&tx, &table).await.unwrap();
+        assert!(!idx.parent.iter().any(|i| i.name == "extra_parent_idx"));
+        assert!(!idx.partitions.iter().any(|p| p.partition.name == gone));
+        assert!(idx.partitions.iter().all(|p| !p.indexes.is_empty()));
+        tx.rollback().await.unwrap();
     }
 }

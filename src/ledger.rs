@@ -87,6 +87,42 @@ pub struct Event<'a> {
     pub step: Step,
 }
 
+/// One event to record, owned: what a planned step records when it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The partitioned parent.
+    pub table: RelName,
+    /// The partition, `None` for pass events.
+    pub partition: Option<RelName>,
+    /// Its bounds.
+    pub lower: Option<DateTime<Utc>>,
+    /// Its bounds.
+    pub upper: Option<DateTime<Utc>>,
+    /// What was done.
+    pub step: Step,
+}
+
+impl Entry {
+    /// The event to record.
+    pub fn event(&self) -> Event<'_> {
+        Event {
+            table: &self.table,
+            partition: self.partition.as_ref(),
+            lower: self.lower,
+            upper: self.upper,
+            step: self.step,
+        }
+    }
+
+    /// The same partition, another step.
+    pub fn with_step(&self, step: Step) -> Entry {
+        Entry {
+            step,
+            ..self.clone()
+        }
+    }
+}
+
 /// What a finished step produced.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {

@@ -8,11 +8,11 @@
 //! its own transaction under lock_timeout.
 
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, GenericClient, Transaction};
+use tokio_postgres::{Client, GenericClient};
 
 use crate::catalog;
-use crate::ddl::{self, DdlError, DdlPolicy};
 use crate::shape::{self, ExpectedTable};
+use crate::step::{self, Record, Statement, StepError};
 
 /// One migration file of `schema/`.
 #[derive(Debug)]
@@ -151,9 +151,9 @@ pub enum MigrateError {
         /// Its backend pid, or 0 when unknown.
         holder: i32,
     },
-    /// A DDL step failed.
+    /// A migration's transaction failed; it was rolled back.
     #[error(transparent)]
-    Ddl(#[from] DdlError),
+    Step(#[from] StepError),
     /// A catalog query failed.
     #[error("reading migration state: {}", crate::db::error_text(.0))]
     Db(#[from] tokio_postgres::Error),
@@ -188,42 +188,53 @@ pub fn plan<'a>(
         .collect())
 }
 
-/// What the driver will do for one pending migration.
+/// One pending migration and the step that applies or adopts it.
 #[derive(Debug)]
-pub enum Step<'a> {
-    /// Run its SQL.
-    Apply(&'a Migration),
-    /// Its tables already exist with the right shape: only record it.
-    Adopt(&'a Migration),
+pub struct Pending<'a> {
+    /// The migration.
+    pub migration: &'a Migration,
+    /// Its tables exist with the expected shape: recorded, not run.
+    pub adopt: bool,
+    /// Its transaction: the `partwarden` schema when it does not exist yet (asked first,
+    /// because even `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database, which a
+    /// least-privilege role lacks when an administrator made the schema for it), the
+    /// bookkeeping table, the migration's SQL unless adopted, and its row.
+    pub(crate) step: step::Step,
 }
 
-impl Step<'_> {
-    /// The migration.
-    pub fn migration(&self) -> &Migration {
-        match self {
-            Step::Apply(m) | Step::Adopt(m) => m,
+impl Pending<'_> {
+    fn new(m: &Migration, adopt: bool, create_schema: bool) -> Pending<'_> {
+        let mut statements = Vec::new();
+        if create_schema {
+            statements.push(Statement::Sql(CREATE_SCHEMA.to_string()));
         }
-    }
-
-    /// The step as SQL text, for `--dry-run`.
-    pub fn to_sql(&self, policy: &DdlPolicy) -> String {
-        let m = self.migration();
-        let (verb, body) = match self {
-            Step::Apply(_) => ("apply", format!("{}\n", m.sql.trim_end())),
-            Step::Adopt(_) => (
-                "adopt (tables exist with the expected shape)",
-                String::new(),
-            ),
-        };
-        format!(
-            "-- migration {}: {verb}\nBEGIN;\nSET LOCAL lock_timeout = '{}ms';\n{CREATE_SCHEMA}; -- only when it does not exist (a least-privilege role may not create schemas)\n{BOOKKEEPING};\n{body}INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ({}, '{}', '{}', {});\nCOMMIT;\n",
-            m.id(),
-            policy.lock_timeout.as_millis(),
-            m.version,
-            m.name,
-            m.checksum(),
-            matches!(self, Step::Adopt(_))
+        statements.push(Statement::Sql(BOOKKEEPING.to_string()));
+        if !adopt {
+            statements.push(Statement::Script {
+                name: format!("schema/{}.sql", m.id()),
+                text: m.sql,
+            });
+        }
+        let step = step::Step::transaction(
+            format!("migration {}", m.id()),
+            if adopt {
+                "adopt (tables exist with the expected shape)"
+            } else {
+                "apply"
+            },
+            statements,
         )
+        .recording(Record::Migration {
+            version: m.version,
+            name: m.name.to_string(),
+            checksum: m.checksum(),
+            adopted: adopt,
+        });
+        Pending {
+            migration: m,
+            adopt,
+            step,
+        }
     }
 }
 
@@ -260,8 +271,12 @@ pub async fn applied(client: &impl GenericClient) -> Result<Vec<Applied>, tokio_
 pub async fn steps<'a>(
     client: &impl GenericClient,
     known: &'a [Migration],
-) -> Result<Vec<Step<'a>>, MigrateError> {
+) -> Result<Vec<Pending<'a>>, MigrateError> {
     let applied = applied(client).await?;
+    let mut create_schema: bool = client
+        .query_one("SELECT to_regnamespace('partwarden') IS NULL", &[])
+        .await?
+        .get(0);
     let mut steps = Vec::new();
     for m in plan(known, &applied)? {
         let mut existing = 0;
@@ -273,10 +288,9 @@ pub async fn steps<'a>(
             }
             differences.extend(t.differences(&snap));
         }
-        if existing == 0 {
-            steps.push(Step::Apply(m));
-        } else if differences.is_empty() {
-            steps.push(Step::Adopt(m));
+        if existing == 0 || differences.is_empty() {
+            steps.push(Pending::new(m, existing > 0, create_schema));
+            create_schema = false;
         } else {
             return Err(MigrateError::ShapeMismatch {
                 id: m.id(),
@@ -298,47 +312,6 @@ pub async fn lock(client: &Client, wait: std::time::Duration) -> Result<(), Migr
 /// Releases the bootstrap lock (also released when the session ends).
 pub async fn unlock(client: &Client) -> Result<(), tokio_postgres::Error> {
     crate::lock::release(client, crate::lock::Lock::Bootstrap).await
-}
-
-/// Runs one step in its own transaction under lock_timeout, with retries.
-pub async fn run_step(
-    client: &mut Client,
-    policy: &DdlPolicy,
-    step: &Step<'_>,
-) -> Result<(), MigrateError> {
-    let m = step.migration();
-    let adopted = matches!(step, Step::Adopt(_));
-    let label = format!("migration {}", m.id());
-    ddl::with_lock_retry(client, policy, &label, &[], async |tx: &Transaction<'_>| {
-        let has_schema: bool = tx
-            .query_one("SELECT to_regnamespace('partwarden') IS NOT NULL", &[])
-            .await
-            .map_err(|e| (String::new(), e))?
-            .get(0);
-        if !has_schema {
-            tx.batch_execute(CREATE_SCHEMA)
-                .await
-                .map_err(|e| (CREATE_SCHEMA.to_string(), e))?;
-        }
-        tx.batch_execute(BOOKKEEPING)
-            .await
-            .map_err(|e| (BOOKKEEPING.to_string(), e))?;
-        if !adopted {
-            tx.batch_execute(m.sql)
-                .await
-                .map_err(|e| (format!("schema/{}.sql", m.id()), e))?;
-        }
-        tx.execute(
-            "INSERT INTO partwarden.schema_migrations (version, name, checksum, adopted) VALUES ($1, $2, $3, $4)",
-            &[&m.version, &m.name, &m.checksum(), &adopted],
-        )
-        .await
-        .map_err(|e| ("INSERT INTO partwarden.schema_migrations".to_string(), e))?;
-        Ok(())
-    })
-    .await?;
-    tracing::info!(migration = %m.id(), adopted, "migration recorded");
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The premake planner: which partitions must exist now, and the statements that create them.
 //!
-//! Pure: a catalog snapshot, the table's configuration and the clock in; [`Action`]s out. The
+//! Pure: a catalog snapshot, the table's configuration and the clock in; [`Step`]s out. The
 //! partitions a table needs are the current period, `premake` periods after it, and every
 //! period between its earliest partition and now (a hole there means failed writes) that is
 //! not already past its retention. Periods
@@ -15,9 +15,10 @@ use chrono::{DateTime, Utc};
 
 use crate::catalog::{RelName, TableSnapshot};
 use crate::config::TableConfig;
-use crate::ddl::Action;
 use crate::ident::quote_ident;
+use crate::ledger;
 use crate::period::{Period, sql_timestamp};
+use crate::step::{Record, Statement, Step};
 
 /// Name of the temporary CHECK constraint that lets ATTACH skip its validation scan.
 pub const BOUND_CHECK: &str = "partwarden_bound_check";
@@ -56,7 +57,7 @@ pub fn check_manageable(table: &TableConfig, snap: &TableSnapshot) -> Result<(),
 }
 
 /// One partition to create.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Create {
     /// Its name.
     pub partition: RelName,
@@ -64,9 +65,9 @@ pub struct Create {
     pub period: Period,
     /// With a DEFAULT partition: a brief transaction before `action` that adds the NOT VALID
     /// CHECK excluding the range from the DEFAULT partition ([`DEFAULT_EXCLUSION`]).
-    pub prepare: Option<Action>,
-    /// The statements that create and attach it.
-    pub action: Action,
+    pub prepare: Option<Step>,
+    /// The transaction that creates and attaches it, recording a `create` event.
+    pub action: Step,
 }
 
 /// Name of the CHECK that, validated without blocking, proves to ATTACH that the DEFAULT
@@ -335,7 +336,7 @@ fn create_action(
     name: &str,
     reason: String,
     now: DateTime<Utc>,
-) -> (Option<Action>, Action) {
+) -> (Option<Step>, Step) {
     let parent = RelName::from(&table.name);
     let child = RelName {
         schema: parent.schema.clone(),
@@ -374,27 +375,31 @@ fn create_action(
     if let Some(default) = default {
         let d = default.name.quoted();
         if exclude {
-            prepare = Some(Action {
-                label: format!(
-                    "exclude {} .. {} from {}",
-                    period.start.to_rfc3339(),
-                    period.end.to_rfc3339(),
-                    default.name
-                ),
-                reason: format!(
-                    "so that attaching {child} need not scan {} under its lock",
-                    default.name
-                ),
-                statements: vec![
-                    format!("ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {exclusion}"),
-                    // The negation of the new partition's constraint, as PostgreSQL writes it,
-                    // so that ATTACH can prove it from this CHECK.
+            prepare = Some(
+                Step::transaction(
                     format!(
-                        "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK ({key} IS NULL OR {key} < {lo} OR {key} >= {hi}) NOT VALID"
+                        "exclude {} .. {} from {}",
+                        period.start.to_rfc3339(),
+                        period.end.to_rfc3339(),
+                        default.name
                     ),
-                ],
-                lock_relations: vec![d.clone()],
-            });
+                    format!(
+                        "so that attaching {child} need not scan {} under its lock",
+                        default.name
+                    ),
+                    vec![
+                        Statement::Sql(format!(
+                            "ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {exclusion}"
+                        )),
+                        // The negation of the new partition's constraint, as PostgreSQL writes
+                        // it, so that ATTACH can prove it from this CHECK.
+                        Statement::Sql(format!(
+                            "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK ({key} IS NULL OR {key} < {lo} OR {key} >= {hi}) NOT VALID"
+                        )),
+                    ],
+                )
+                .locking(vec![d.clone()]),
+            );
         }
         let cols = snap
             .columns
@@ -427,16 +432,24 @@ fn create_action(
             default.name.quoted()
         ));
     }
-    let action = Action {
-        label: format!("create partition {child}"),
-        reason: format!(
+    let record = Record::Ledger(ledger::Entry {
+        table: parent.clone(),
+        partition: Some(child.clone()),
+        lower: Some(period.start),
+        upper: Some(period.end),
+        step: ledger::Step::Create,
+    });
+    let action = Step::transaction(
+        format!("create partition {child}"),
+        format!(
             "{} .. {}: {reason}",
             period.start.to_rfc3339(),
             period.end.to_rfc3339()
         ),
-        statements,
-        lock_relations,
-    };
+        statements.into_iter().map(Statement::Sql).collect(),
+    )
+    .recording(record)
+    .locking(lock_relations);
     (prepare, action)
 }
 
@@ -589,10 +602,10 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(
-            a[1].action.statements[2],
+            a[1].action.statements()[2],
             "ALTER TABLE \"public\".\"moh\" ATTACH PARTITION \"public\".\"moh_2026_12\" FOR VALUES FROM ('2026-12-01 00:00:00+00') TO ('2027-01-01 00:00:00+00')"
         );
-        assert_eq!(a[1].action.statements.len(), 4);
+        assert_eq!(a[1].action.statements().len(), 4);
     }
 
     /// Issue "Partitions planned from the catalog's truth": a period overlapped by a partition
@@ -719,7 +732,7 @@ pub(crate) mod tests {
         let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
         assert_eq!(a.len(), 1);
         assert!(
-            a[0].action.statements[2]
+            a[0].action.statements()[2]
                 .starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\"")
         );
         assert_eq!(

@@ -22,18 +22,17 @@ use std::path::Path;
 
 use chrono::Utc;
 use serde::Serialize;
-use tokio_postgres::Transaction;
 
 use crate::archive::{self, ArchiveError, Manifest};
 use crate::catalog::{self, RelName};
 use crate::config::Config;
 use crate::db::{self, ConnectError, error_text};
-use crate::ddl::{self, DdlError, DdlPolicy};
 use crate::ident::{QualifiedName, quote_ident};
-use crate::ledger::{self, Event, Step};
+use crate::ledger::{self, Entry};
 use crate::pass::{self, ARCHIVE_SCHEMA, PassError};
 use crate::period::sql_timestamp;
 use crate::premake::BOUND_CHECK;
+use crate::step::{Executor, Record, Statement, Step, StepError};
 
 /// What a restore did.
 #[derive(Debug, Serialize)]
@@ -80,9 +79,9 @@ pub enum RestoreError {
     /// The schema is not current.
     #[error(transparent)]
     Pass(#[from] PassError),
-    /// A statement failed.
+    /// A step failed; a failed load was rolled back.
     #[error(transparent)]
-    Ddl(#[from] DdlError),
+    Step(#[from] StepError),
     /// A query failed.
     #[error("{}", error_text(.0))]
     Db(#[from] tokio_postgres::Error),
@@ -134,7 +133,6 @@ pub async fn run(
             .await
             .map_err(RestoreError::Refused)?;
     }
-    let policy = DdlPolicy::from_config(&config.database);
     let target = RelName {
         schema: parent.schema.clone(),
         name: partition_name.clone(),
@@ -242,93 +240,60 @@ pub async fn run(
     } else {
         create_from_manifest(&client, &restored_as, &m).await?
     };
+    // Load: one transaction, so a failed, short or mismatching load leaves nothing behind.
+    let mut load = Vec::new();
+    if !attached && !pass::schema_exists(&client, ARCHIVE_SCHEMA).await? {
+        load.push(Statement::Sql(format!("CREATE SCHEMA {ARCHIVE_SCHEMA}")));
+    }
+    load.push(Statement::Sql(create));
+    load.push(Statement::Load {
+        manifest_path: manifest_path.to_path_buf(),
+        manifest: Box::new(m.clone()),
+        into: restored_as.clone(),
+    });
+    let attach = attach_sql(&parent, &restored_as, &m);
+    if attached {
+        // The validated CHECK that lets ATTACH skip its scan.
+        load.push(Statement::Sql(attach[0].clone()));
+    }
+    let mut steps = vec![
+        Step::transaction(
+            format!("restore {restored_as}"),
+            format!("{} ({rows} rows)", manifest_path.display()),
+            load,
+        )
+        .recording(Record::Ledger(Entry {
+            table: parent.clone(),
+            partition: Some(restored_as.clone()),
+            lower: m.lower,
+            upper: m.upper,
+            step: ledger::Step::Restore,
+        }))
+        .locking(vec![parent.quoted()]),
+    ];
+    if attached {
+        steps.push(
+            Step::transaction(
+                format!("attach restored {restored_as}"),
+                "the range is free in the parent: ATTACH, which the validated CHECK spares its scan",
+                attach[1..].iter().cloned().map(Statement::Sql).collect(),
+            )
+            .locking(vec![parent.quoted()])
+            .if_it_fails(format!(
+                "the rows are loaded into {restored_as}, but attaching it failed; run `{}` when the lock is free",
+                attach[1]
+            )),
+        );
+    }
     if dry_run {
-        let _ = writeln!(
-            out,
-            "-- restore {} ({} rows) as {restored_as}",
-            manifest_path.display(),
-            rows
-        );
-        if !attached {
-            let _ = writeln!(
-                out,
-                "CREATE SCHEMA {ARCHIVE_SCHEMA}; -- only when it does not exist"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{create};\nCOPY {} FROM STDIN; -- from {}",
-            restored_as.quoted(),
-            m.file
-        );
-        if attached {
-            let _ = writeln!(
-                out,
-                "{}",
-                attach_sql(&parent, &restored_as, &m).join(";\n") + ";"
-            );
+        for step in &steps {
+            let _ = writeln!(out, "{}", step.render(config));
         }
         return Ok(outcome);
     }
-
-    // Load: one transaction, so a failed, short or mismatching load leaves nothing behind.
-    let started_at = Utc::now();
-    let need_schema = !attached && !pass::schema_exists(&client, ARCHIVE_SCHEMA).await?;
-    {
-        let tx = client.transaction().await?;
-        tx.execute(
-            "SELECT set_config('lock_timeout', $1, true)",
-            &[&format!("{}ms", policy.lock_timeout.as_millis())],
-        )
-        .await?;
-        if need_schema {
-            tx.batch_execute(&format!("CREATE SCHEMA {ARCHIVE_SCHEMA}"))
-                .await?;
-        }
-        tx.batch_execute(&create).await?;
-        // Checks size, SHA-256, rows and content digest of what it sent; on a mismatch the
-        // transaction is dropped here, unfinished: rolled back.
-        archive::copy_into(&tx, manifest_path, &m, &restored_as).await?;
-        if attached {
-            // The validated CHECK that lets ATTACH skip its scan.
-            tx.batch_execute(&attach_sql(&parent, &restored_as, &m)[0])
-                .await?;
-        }
-        let event = Event {
-            table: &parent,
-            partition: Some(&restored_as),
-            lower: m.lower,
-            upper: m.upper,
-            step: Step::Restore,
-        };
-        let o = ledger::Outcome {
-            rows: Some(rows as i64),
-            archive_path: archive::data_path(manifest_path, &m)
-                .ok()
-                .map(|p| p.display().to_string()),
-            checksum: Some(m.sha256.clone()),
-            error: None,
-        };
-        ledger::record(&tx, &event, started_at, &o).await?;
-        tx.commit().await?;
-    }
-    if attached {
-        let [_, attach, drop_check] =
-            <[String; 3]>::try_from(attach_sql(&parent, &restored_as, &m))
-                .expect("three statements");
-        let label = format!("attach restored {restored_as}");
-        ddl::with_lock_retry(&mut client, &policy, &label, &[parent.quoted()], async |tx: &Transaction<'_>| {
-            for st in [&attach, &drop_check] {
-                tx.execute(st.as_str(), &[]).await.map_err(|e| (st.clone(), e))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| {
-            RestoreError::Refused(format!(
-                "the rows are loaded into {restored_as}, but attaching it failed: {e}; run `{attach}` when the lock is free"
-            ))
-        })?;
+    let mut exec = Executor::new(&mut client, config);
+    for step in &steps {
+        exec.run(step).await?;
     }
     tracing::info!(table = %restored_as, rows, attached, "restored");
     Ok(outcome)

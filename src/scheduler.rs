@@ -53,6 +53,7 @@ impl Gate {
     }
 
     /// Ticks skipped so far.
+    #[cfg(test)]
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }

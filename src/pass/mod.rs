@@ -23,7 +23,6 @@ use crate::catalog::{self, RelName, TableSnapshot};
 use crate::clock::Clocks;
 use crate::config::{Config, OnExpiry, TableConfig};
 use crate::db::{self, ConnectError, error_text};
-use crate::ddl::{self, DdlPolicy};
 use crate::expiry;
 use crate::fault;
 use crate::indexes;
@@ -32,16 +31,15 @@ use crate::lock::{self, Lock};
 use crate::metrics;
 use crate::migrate::{self, MIGRATIONS};
 use crate::premake;
+use crate::step::{Executor, StepError};
 
 mod expire;
 mod repair;
 pub mod report;
-pub mod ship;
 
 use expire::expire_table;
 use repair::repair_indexes;
 pub use report::{Report, TableReport, runway_text};
-pub use ship::{child_env_removals, run_archive_command};
 
 /// Held (session-level) by whoever runs passes: `--run-once`, or the daemon's leader. The bytes
 /// of "pwpass__".
@@ -158,7 +156,6 @@ pub async fn run(
     out: &mut (dyn Write + Send),
 ) -> Report {
     fault::pause("pass_start").await;
-    let policy = DdlPolicy::from_config(&config.database);
     let mut report = Report {
         dry_run: opts.dry_run,
         tables: config.tables.iter().map(TableReport::new).collect(),
@@ -209,7 +206,6 @@ pub async fn run(
     }
     let mut ctx = Ctx {
         config,
-        policy: &policy,
         dry_run: opts.dry_run,
         now,
         server_now: clocks.server,
@@ -278,8 +274,6 @@ pub async fn run(
 pub struct Ctx<'a> {
     /// The configuration of this pass.
     pub config: &'a Config,
-    /// Lock timeout and retries of DDL.
-    pub policy: &'a DdlPolicy,
     /// Print the plan and change nothing.
     pub dry_run: bool,
     /// The instant plans are made for (the server's clock, or `--now` in a dry run).
@@ -307,7 +301,6 @@ pub async fn premake_table(
             return false;
         }
     };
-    let parent = RelName::from(&table.name);
     for c in &creates {
         if ctx.stop.load(Ordering::SeqCst) {
             tr.notes
@@ -316,28 +309,22 @@ pub async fn premake_table(
         }
         if ctx.dry_run {
             if let Some(prepare) = &c.prepare {
-                let _ = writeln!(ctx.out, "{}", prepare.to_sql(ctx.policy));
+                let _ = writeln!(ctx.out, "{}", prepare.render(ctx.config));
             }
-            let _ = writeln!(ctx.out, "{}", c.action.to_sql(ctx.policy));
+            let _ = writeln!(ctx.out, "{}", c.action.render(ctx.config));
             tr.created.push(c.partition.to_string());
             continue;
         }
-        let event = Event {
-            table: &parent,
-            partition: Some(&c.partition),
-            lower: Some(c.period.start),
-            upper: Some(c.period.end),
-            step: Step::Create,
-        };
+        let mut exec = Executor::new(client, ctx.config);
         if let Some(prepare) = &c.prepare
-            && let Err(e) = ddl::execute(client, ctx.policy, prepare, None).await
+            && let Err(e) = exec.run(prepare).await
         {
             tr.errors.push(e.to_string());
             break;
         }
-        match ddl::execute(client, ctx.policy, &c.action, Some(&event)).await {
-            Ok(outcome) => {
-                let moved: u64 = outcome.rows.iter().sum();
+        match exec.run(&c.action).await {
+            Ok(done) => {
+                let moved = done.rows;
                 if moved > 0 {
                     tracing::info!(partition = %c.partition, rows = moved, "rows moved out of the DEFAULT partition");
                 }

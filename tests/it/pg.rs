@@ -1,399 +1,33 @@
-//! The throwaway PostgreSQL: one server per process (test binary or benchmark), one database
-//! per test. Shared by `tests/it` and the benchmarks in `examples/` (through `#[path]`).
-//!
-//! The server is started from the machine's PostgreSQL binaries (`initdb`, `pg_ctl` on PATH),
-//! as the `postgres` OS user when the tests run as root (PostgreSQL refuses root), on a free
-//! port of 127.0.0.1, in a temporary directory. A small shell guardian owns it: it stops the
-//! server and removes the directory as soon as this process's end of its stdin pipe closes,
-//! which happens however the test process ends, even when it is killed. When
-//! `PARTWARDEN_TEST_DATABASE_URL` is set, that server is used instead.
+//! The throwaway PostgreSQL of the test harness crate (`partwarden-testkit`), with
+//! partwarden's configuration and library calls on top.
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::process::{ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+pub use partwarden_testkit::*;
 
 use partwarden::config::Config;
-use tokio_postgres::{Client, NoTls};
 
-/// A running server and how to reach it as a superuser.
-pub struct Server {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: Option<String>,
-    /// Where the server's files live (None for an external server).
-    pub dir: Option<PathBuf>,
-    /// Our end of the guardian's stdin: when it closes, the server stops.
-    _guardian: Option<Mutex<ChildStdin>>,
-}
-
-static SERVER: OnceLock<Server> = OnceLock::new();
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// The shared server, started on first use.
-pub fn server() -> &'static Server {
-    SERVER.get_or_init(start)
-}
-
-pub fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
-fn start() -> Server {
-    if let Ok(url) = std::env::var("PARTWARDEN_TEST_DATABASE_URL") {
-        let cfg: tokio_postgres::Config = url.parse().expect("PARTWARDEN_TEST_DATABASE_URL parses");
-        let host = match cfg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        return Server {
-            host,
-            port: cfg.get_ports().first().copied().unwrap_or(5432),
-            user: cfg.get_user().unwrap_or("postgres").to_string(),
-            password: cfg
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
-            dir: None,
-            _guardian: None,
-        };
-    }
-    start_local()
-}
-
-/// Server settings for tests: durability off (the data is thrown away), connections for
-/// parallel tests.
-const PG_OPTIONS: &str = "-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300";
-
-/// A server of its own, for a test that stops and starts it (the shared one must stay up).
-/// Panics when `PARTWARDEN_TEST_DATABASE_URL` is set: such a test needs a server it controls.
-pub fn private_server() -> Server {
-    assert!(
-        std::env::var("PARTWARDEN_TEST_DATABASE_URL").is_err(),
-        "this test stops and starts PostgreSQL, so it needs the harness's own server: unset PARTWARDEN_TEST_DATABASE_URL"
-    );
-    start_local()
-}
-
-/// A server with PostgreSQL's default durability (fsync, synchronous_commit, full page writes
-/// on), for benchmarks whose figures must be those of a real deployment.
-pub fn durable_server() -> Server {
-    start_with("-c listen_addresses=127.0.0.1 -c max_connections=300")
-}
-
-fn start_local() -> Server {
-    start_with(PG_OPTIONS)
-}
-
-/// A streaming-replication standby of `primary` (a server of this harness): a base backup
-/// with `-R`, started in recovery on a port of its own.
-pub fn standby_of(primary: &Server) -> Server {
-    start_from(PG_OPTIONS, Some(primary.port))
-}
-
-/// A server with TLS on, using the PEM certificate and key in `dir` (`server.crt`,
-/// `server.key`), which are handed to the postgres OS user.
-pub fn tls_server(dir: &std::path::Path) -> Server {
-    if running_as_root() {
-        let _ = Command::new("chown")
-            .arg("-R")
-            .arg("postgres:")
-            .arg(dir)
-            .status();
-    }
-    start_with(&format!(
-        "{PG_OPTIONS} -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
-        dir.join("server.crt").display(),
-        dir.join("server.key").display()
-    ))
-}
-
-fn start_with(options: &str) -> Server {
-    start_from(options, None)
-}
-
-fn start_from(options: &str, standby_of: Option<u16>) -> Server {
-    let dir = tempfile::Builder::new()
-        .prefix("partwarden-test-pg-")
-        .tempdir()
-        .expect("temporary directory")
-        .keep();
-    let as_root = running_as_root();
-    if as_root {
-        let out = Command::new("id")
-            .args(["-u", "postgres"])
-            .output()
-            .expect("id -u postgres");
-        let uid: u32 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("a postgres OS user exists");
-        let gid = Command::new("id")
-            .args(["-g", "postgres"])
-            .output()
-            .expect("id -g postgres");
-        let gid: u32 = String::from_utf8_lossy(&gid.stdout)
-            .trim()
-            .parse()
-            .expect("gid");
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown test dir to postgres");
-    }
-    let data = dir.join("data");
-    if let Some(primary_port) = standby_of {
-        let status = as_postgres(as_root, "pg_basebackup")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &primary_port.to_string(),
-                "-U",
-                "postgres",
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-D",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_basebackup runs");
-        assert!(status.success(), "pg_basebackup failed");
-    }
-    let status = if standby_of.is_some() {
-        std::process::ExitStatus::default()
-    } else {
-        as_postgres(as_root, "initdb")
-            .args(["-D"])
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("initdb runs (are the PostgreSQL server binaries on PATH?)")
-    };
-    assert!(status.success(), "initdb failed");
-    let port = free_port();
-    let script = r#"
-set -u
-run() { if [ "$AS_ROOT" = 1 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-if run pg_ctl -D "$DIR/data" -l "$DIR/server.log" -w -t 60 \
-     -o "-p $PORT -k $DIR $OPTS" \
-     start >/dev/null 2>&1; then
-  echo ready
-else
-  echo failed; cat "$DIR/server.log"; exit 1
-fi
-exec >/dev/null 2>&1
-read _ignored || true
-run pg_ctl -D "$DIR/data" -m fast -w -t 20 stop || run pg_ctl -D "$DIR/data" -m immediate stop
-rm -rf "$DIR"
-"#;
-    // Never waited for on purpose: the guardian outlives this process to stop the server.
-    #[allow(clippy::zombie_processes)]
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .env("AS_ROOT", if as_root { "1" } else { "0" })
-        .env("DIR", &dir)
-        .env("PORT", port.to_string())
-        .env("OPTS", options)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the guardian shell");
-    let mut first = String::new();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    out.read_line(&mut first).expect("guardian answers");
-    if first.trim() != "ready" {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-        panic!("PostgreSQL did not start: {first}{rest}");
-    }
-    Server {
-        host: "127.0.0.1".into(),
-        port,
-        user: "postgres".into(),
-        password: None,
-        dir: Some(dir),
-        _guardian: Some(Mutex::new(child.stdin.take().expect("stdin"))),
-    }
-}
-
-fn as_postgres(as_root: bool, program: &str) -> Command {
-    if as_root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-impl Server {
-    /// Stops this (private) server, fast mode: sessions are disconnected.
-    pub fn stop(&self) {
-        let dir = self.dir.as_ref().expect("a local server");
-        let ok = as_postgres(running_as_root(), "pg_ctl")
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-m", "fast", "-w", "stop"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl runs")
-            .success();
-        assert!(ok, "pg_ctl stop failed");
-    }
-
-    /// Starts this (private) server again on the same port.
-    pub fn start_again(&self) {
-        let dir = self.dir.as_ref().expect("a local server");
-        let ok = as_postgres(running_as_root(), "pg_ctl")
-            .arg("-D")
-            .arg(dir.join("data"))
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args([
-                "-w",
-                "-o",
-                &format!("-p {} -k {} {PG_OPTIONS}", self.port, dir.display()),
-                "start",
-            ])
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl runs")
-            .success();
-        assert!(ok, "pg_ctl start failed");
-    }
-
-    /// A key=value connection string for `dbname`.
-    pub fn url(&self, dbname: &str) -> String {
-        let mut s = format!(
-            "host={} port={} user={} dbname={}",
-            self.host, self.port, self.user, dbname
-        );
-        if let Some(p) = &self.password {
-            s.push_str(&format!(
-                " password='{}'",
-                p.replace('\\', "\\\\").replace('\'', "\\'")
-            ));
-        }
-        s
-    }
-}
-
-/// Connects with a plain client (not partwarden's set-up), for test fixtures and assertions.
-pub async fn connect(url: &str) -> Client {
-    let (client, conn) = url
-        .parse::<tokio_postgres::Config>()
-        .unwrap()
-        .connect(NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-        .batch_execute("SET TimeZone = 'UTC'")
-        .await
-        .expect("set time zone");
-    client
-}
-
-/// A database of its own for one test, plus a directory for its files.
-pub struct TestDb {
-    pub name: String,
-    pub url: String,
-    pub dir: tempfile::TempDir,
-}
-
-impl TestDb {
-    /// Creates a fresh, empty database named after the test.
-    pub async fn new(test: &str) -> TestDb {
-        TestDb::on(server(), test).await
-    }
-
-    /// A fresh database on `server` (e.g. a private one).
-    pub async fn on(server: &Server, test: &str) -> TestDb {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("pw_{}_{}_{}", test, std::process::id(), n);
-        let admin = connect(&server.url("postgres")).await;
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .await
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        TestDb {
-            url: server.url(&name),
-            name,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    pub async fn client(&self) -> Client {
-        connect(&self.url).await
-    }
-
-    /// Whether the relation `rel` (a name as `to_regclass` takes it) exists.
-    pub async fn exists(&self, rel: &str) -> bool {
-        self.client()
-            .await
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&rel])
-            .await
-            .unwrap()
-            .get(0)
-    }
-
-    /// Writes `config.toml` for this database, with `extra` appended (more sections, or
-    /// `[[tables]]` entries), and returns its path.
-    pub fn write_config(&self, database_extra: &str, rest: &str) -> PathBuf {
-        let path = self.dir.path().join("config.toml");
-        let text = format!(
-            "[database]\nurl = \"{}\"\nlock_timeout = \"200ms\"\nlock_retry_for = \"3s\"\n{database_extra}\n\
-             [maintenance]\narchive_dir = \"archive\"\n\n{rest}",
-            self.url.replace('\\', "\\\\").replace('"', "\\\"")
-        );
-        std::fs::File::create(&path)
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        path
-    }
-
+/// partwarden's configuration and bootstrap for a test database.
+pub trait Partwarden {
     /// The default configuration (market_odds_history, monthly, premake 3) for this database.
-    pub fn config(&self) -> Config {
-        let path = self.write_config("", "");
+    fn config(&self) -> Config;
+    /// The configuration with extra `[database]` keys and further sections.
+    fn config_with(&self, database_extra: &str, rest: &str) -> Config;
+    /// Runs partwarden's bootstrap (the library call) with `config`.
+    async fn bootstrap(&self, config: &Config);
+}
+
+impl Partwarden for TestDb {
+    fn config(&self) -> Config {
+        self.config_with("", "")
+    }
+
+    fn config_with(&self, database_extra: &str, rest: &str) -> Config {
+        let path = self.write_config(database_extra, rest);
         Config::load(&path).expect("test config loads")
     }
 
-    /// Runs partwarden's bootstrap (the library call) with `config`, for benchmarks' set-up.
-    pub async fn bootstrap(&self, config: &Config) {
+    async fn bootstrap(&self, config: &Config) {
         let opts = partwarden::bootstrap::Options {
             dry_run: false,
             now: None,
@@ -403,55 +37,17 @@ impl TestDb {
             .expect("bootstrap");
         assert!(summary.ok(), "{}", summary.to_text());
     }
-
-    pub fn config_with(&self, database_extra: &str, rest: &str) -> Config {
-        let path = self.write_config(database_extra, rest);
-        Config::load(&path).expect("test config loads")
-    }
 }
 
-/// Runs one maintenance pass now (not a dry run, never stopped, its text output discarded),
-/// for benchmarks' set-up and timings.
-pub async fn run_pass(client: &mut Client, config: &Config) -> partwarden::pass::Report {
+/// Runs one maintenance pass now (not a dry run, never stopped, its text output discarded).
+pub async fn run_pass(
+    client: &mut tokio_postgres::Client,
+    config: &Config,
+) -> partwarden::pass::Report {
     let opts = partwarden::pass::Options {
         dry_run: false,
         now: None,
     };
     let never = std::sync::atomic::AtomicBool::new(false);
     partwarden::pass::run(client, config, opts, &never, &mut std::io::sink()).await
-}
-
-/// Everything about the user-visible schema of a database, as one comparable text: relations,
-/// columns, constraints, indexes and partition bounds (all schemas but the system ones).
-pub async fn catalog_dump(client: &Client) -> String {
-    let rows = client
-        .query(
-            "SELECT format('%s.%s %s %s', n.nspname, c.relname, c.relkind, \
-                   coalesce(pg_get_expr(c.relpartbound, c.oid), '')) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-             UNION ALL \
-             SELECT format('col %s.%s %s %s %s', a.attrelid::regclass, a.attname, \
-                   format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid)) \
-             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-               AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p') \
-             UNION ALL \
-             SELECT format('con %s %s %s', conrelid::regclass, conname, pg_get_constraintdef(oid)) \
-             FROM pg_constraint WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace) \
-             UNION ALL \
-             SELECT format('idx %s', pg_get_indexdef(indexrelid)) FROM pg_index x \
-             JOIN pg_class c ON c.oid = x.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-             ORDER BY 1",
-            &[],
-        )
-        .await
-        .unwrap();
-    rows.iter()
-        .map(|r| r.get::<_, String>(0))
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -2,7 +2,7 @@
 //! group of its own (killed whole on timeout) and without any database secret in its
 //! environment.
 
-use super::*;
+use crate::db;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use std::time::Duration;
 /// The command runs in a process group of its own, and on timeout the whole group is killed:
 /// killing only `sh` would leave its children running, reparented to init. It gets this
 /// process's environment less every database secret ([`child_env_removals`]).
-pub async fn run_archive_command(
+pub async fn run(
     cmd: &str,
     path: &Path,
     timeout: Duration,

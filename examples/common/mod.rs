@@ -1,0 +1,53 @@
+//! The benchmarks' throwaway PostgreSQL (the test harness crate, `partwarden-testkit`), with
+//! partwarden's configuration and library calls on top.
+
+#![allow(dead_code)]
+
+pub use partwarden_testkit::*;
+
+use partwarden::config::Config;
+
+/// partwarden's configuration and bootstrap for a test database.
+pub trait Partwarden {
+    /// The default configuration (market_odds_history, monthly, premake 3) for this database.
+    fn config(&self) -> Config;
+    /// The configuration with extra `[database]` keys and further sections.
+    fn config_with(&self, database_extra: &str, rest: &str) -> Config;
+    /// Runs partwarden's bootstrap (the library call) with `config`.
+    async fn bootstrap(&self, config: &Config);
+}
+
+impl Partwarden for TestDb {
+    fn config(&self) -> Config {
+        self.config_with("", "")
+    }
+
+    fn config_with(&self, database_extra: &str, rest: &str) -> Config {
+        let path = self.write_config(database_extra, rest);
+        Config::load(&path).expect("test config loads")
+    }
+
+    async fn bootstrap(&self, config: &Config) {
+        let opts = partwarden::bootstrap::Options {
+            dry_run: false,
+            now: None,
+        };
+        let summary = partwarden::bootstrap::run(config, opts, &mut std::io::sink())
+            .await
+            .expect("bootstrap");
+        assert!(summary.ok(), "{}", summary.to_text());
+    }
+}
+
+/// Runs one maintenance pass now (not a dry run, never stopped, its text output discarded).
+pub async fn run_pass(
+    client: &mut tokio_postgres::Client,
+    config: &Config,
+) -> partwarden::pass::Report {
+    let opts = partwarden::pass::Options {
+        dry_run: false,
+        now: None,
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    partwarden::pass::run(client, config, opts, &never, &mut std::io::sink()).await
+}

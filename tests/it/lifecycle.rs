@@ -625,3 +625,120 @@ async fn dry_run_prints_the_statements_the_server_receives() {
         );
     }
 }
+
+/// Records every DDL command the server receives in this database (the whole text of the
+/// query that carried it), until [`stop_ddl_capture`].
+async fn start_ddl_capture(c: &tokio_postgres::Client) {
+    c.batch_execute(
+        "CREATE TABLE ddl_seen (id bigserial PRIMARY KEY, query text NOT NULL);
+         CREATE FUNCTION ddl_seen() RETURNS event_trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO ddl_seen (query) VALUES (current_query()); END $$;
+         CREATE EVENT TRIGGER ddl_seen ON ddl_command_start EXECUTE FUNCTION ddl_seen();",
+    )
+    .await
+    .unwrap();
+}
+
+/// The queries captured since [`start_ddl_capture`], in order, each once.
+async fn stop_ddl_capture(c: &tokio_postgres::Client) -> Vec<String> {
+    c.batch_execute("DROP EVENT TRIGGER ddl_seen").await.unwrap();
+    let mut seen: Vec<String> = Vec::new();
+    for r in c
+        .query("SELECT query FROM ddl_seen ORDER BY id", &[])
+        .await
+        .unwrap()
+    {
+        let q = r.get::<_, String>(0).trim_end().trim_end_matches(';').to_string();
+        if !seen.contains(&q) {
+            seen.push(q);
+        }
+    }
+    seen
+}
+
+/// Every query that carried DDL is in what the dry run printed, to the letter (a migration's
+/// script whole); and nothing the dry run printed as DDL is left once those are taken out.
+fn assert_dry_run_is_what_ran(printed: &str, seen: &[String]) {
+    let mut left = printed.to_string();
+    for q in seen {
+        assert!(
+            printed.contains(q.as_str()),
+            "ran but not printed by --dry-run: {q}\n\nprinted:\n{printed}"
+        );
+        left = left.replace(q.as_str(), "");
+    }
+    for line in left.lines() {
+        let l = line.split("--").next().unwrap().trim();
+        assert!(
+            !["CREATE ", "ALTER ", "DROP "]
+                .iter()
+                .any(|k| l.starts_with(k)),
+            "printed by --dry-run but did not run: {l}\n\nran:\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
+/// Issue "One plan, many renderers": the bootstrap's `--dry-run` prints the migrations
+/// (scripts whole, with the `partwarden` schema when it is missing, and the bookkeeping) and
+/// the partitions, and the real bootstrap then sends the server exactly those: on a fresh
+/// database, and on one where an administrator made the `partwarden` schema beforehand (the
+/// dry run used to print a CREATE SCHEMA that the run then skipped).
+#[tokio::test]
+async fn bootstrap_dry_run_prints_the_statements_the_server_receives() {
+    for schema_made in [false, true] {
+        let db = TestDb::new(&format!("bootstrap_fidelity_{schema_made}")).await;
+        let config = db.write_config("", "");
+        let c = db.client().await;
+        if schema_made {
+            c.batch_execute("CREATE SCHEMA partwarden").await.unwrap();
+        }
+        let (code, plan, err) = partwarden(
+            &["--config", path_str(&config), "--bootstrap", "--dry-run"],
+            &[],
+        );
+        assert_eq!(code, 0, "{plan}{err}");
+        start_ddl_capture(&c).await;
+        let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
+        assert_eq!(code, 0, "{out}{err}");
+        let seen = stop_ddl_capture(&c).await;
+        assert_eq!(
+            seen.iter().any(|q| q == "CREATE SCHEMA partwarden"),
+            !schema_made,
+            "{seen:#?}"
+        );
+        assert!(seen.len() >= 10, "{seen:#?}");
+        assert_dry_run_is_what_ran(&plan, &seen);
+    }
+}
+
+/// The same for `--restore`: the load (table, COPY, validated CHECK) and the attach.
+#[tokio::test]
+async fn restore_dry_run_prints_the_statements_the_server_receives() {
+    let db = TestDb::new("restore_fidelity").await;
+    let config = history(&db, &[8], "", "").await;
+    let (code, out, err) = run_once(&config, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let c = db.client().await;
+    let manifest = manifest_path(&db, 8);
+    let (code, plan, err) = partwarden(
+        &[
+            "--config",
+            path_str(&config),
+            "--restore",
+            path_str(&manifest),
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{plan}{err}");
+    start_ddl_capture(&c).await;
+    let (code, out, err) = restore(&config, &db, 8);
+    assert_eq!(code, 0, "{out}{err}");
+    let seen = stop_ddl_capture(&c).await;
+    assert!(
+        seen.iter().any(|q| q.contains("ATTACH PARTITION")) && seen.len() >= 4,
+        "{seen:#?}"
+    );
+    assert_dry_run_is_what_ran(&plan, &seen);
+}

@@ -641,14 +641,20 @@ async fn start_ddl_capture(c: &tokio_postgres::Client) {
 
 /// The queries captured since [`start_ddl_capture`], in order, each once.
 async fn stop_ddl_capture(c: &tokio_postgres::Client) -> Vec<String> {
-    c.batch_execute("DROP EVENT TRIGGER ddl_seen").await.unwrap();
+    c.batch_execute("DROP EVENT TRIGGER ddl_seen")
+        .await
+        .unwrap();
     let mut seen: Vec<String> = Vec::new();
     for r in c
         .query("SELECT query FROM ddl_seen ORDER BY id", &[])
         .await
         .unwrap()
     {
-        let q = r.get::<_, String>(0).trim_end().trim_end_matches(';').to_string();
+        let q = r
+            .get::<_, String>(0)
+            .trim_end()
+            .trim_end_matches(';')
+            .to_string();
         if !seen.contains(&q) {
             seen.push(q);
         }

@@ -1,0 +1,227 @@
+//! Configuration: a serde mirror of `config.toml`, then validation into typed values.
+//!
+//! Two phases, as in ripgrep's argument handling: `RawConfig` is what the file (and the
+//! `PARTWARDEN__*` environment overrides) literally say, with unknown keys refused; [`Config`]
+//! is what the rest of the program uses: durations, quoted-safe identifiers, a parsed schedule.
+//! Every error names the file, the key and what was expected, in one line, so that a bad deploy
+//! fails at start-up with a message an operator can act on, before anything is touched.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ident::{Ident, QualifiedName};
+use crate::period::{Interval, Retention};
+
+mod raw;
+mod redact;
+#[cfg(test)]
+mod tests;
+
+use raw::RawConfig;
+pub use redact::redact_url;
+use redact::{one_line, scrub_secret_values};
+
+/// Environment variables with this prefix (then `__`) override keys: `PARTWARDEN__DATABASE__URL`.
+pub const ENV_PREFIX: &str = "PARTWARDEN";
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    /// The file that was read (or would have been).
+    pub file: String,
+    /// What is wrong, naming the key when there is one.
+    pub message: String,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from, for messages.
+    pub file: PathBuf,
+    /// `[database]`.
+    pub database: DatabaseConfig,
+    /// `[maintenance]`.
+    pub maintenance: MaintenanceConfig,
+    /// `[[tables]]`, in file order.
+    pub tables: Vec<TableConfig>,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// `[daemon]`: how the long-running service behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    /// On SIGTERM/SIGINT, how long the step in progress may take to finish before exit.
+    pub shutdown_timeout: Duration,
+    /// Log line format.
+    pub log_format: LogFormat,
+}
+
+/// `[metrics]`: the optional Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on; `None` (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[database]`: how to reach PostgreSQL and how patient to be with it. Compared as a whole
+/// (password included) on reload: any change means a new session.
+#[derive(Clone, PartialEq)]
+pub struct DatabaseConfig {
+    /// URL or libpq `key=value` string. May hold a password: never print it, use
+    /// [`DatabaseConfig::redacted_url`].
+    pub url: String,
+    /// The content of `password_file`, read at start; overrides a password in `url`.
+    pub password: Option<String>,
+    /// Gives up connecting after this long, so an unreachable server is an error, not a hang.
+    pub connect_timeout: Duration,
+    /// `lock_timeout` of every DDL statement: the longest partwarden may make the application's
+    /// queries wait behind a lock it is queued for.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of every statement partwarden sends.
+    pub statement_timeout: Duration,
+    /// How long one DDL step keeps retrying after lock timeouts before the step is given up
+    /// (the rest of the pass still runs, and the next pass tries again).
+    pub lock_retry_for: Duration,
+    /// Largest difference between this host's clock and the server's that partwarden accepts
+    /// before it refuses DDL: plans follow the server's clock, and a host clock that far off
+    /// means something is wrong with one of them.
+    pub max_clock_skew: Duration,
+}
+
+impl DatabaseConfig {
+    /// The connection string with any password replaced by `***`, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.redacted_url())
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_retry_for", &self.lock_retry_for)
+            .field("max_clock_skew", &self.max_clock_skew)
+            .finish()
+    }
+}
+
+/// `[maintenance]`: the daemon's schedule and where expired partitions go.
+#[derive(Clone, Debug)]
+pub struct MaintenanceConfig {
+    /// Cron expression with a seconds field, already checked with the scheduler's own parser.
+    pub schedule: String,
+    /// Directory receiving archives of expired partitions.
+    pub archive_dir: PathBuf,
+    /// Partitions expired per pass at most, so one pass never spends hours archiving.
+    pub max_expired_per_pass: usize,
+    /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
+    /// name, `%%` a percent sign); a table is dropped only after it exits 0 for both.
+    pub archive_command: Option<String>,
+    /// How long archive_command may run before its process group is killed and the run
+    /// counted as failed.
+    pub archive_command_timeout: Duration,
+    /// statement_timeout of the archive's COPY and of the drop's re-read of the table (`None`,
+    /// the default: no limit), instead of `database.statement_timeout`, which would make a
+    /// partition too large to stream within it impossible to archive.
+    pub archive_timeout: Option<Duration>,
+    /// statement_timeout of `CREATE INDEX CONCURRENTLY` when a pass repairs a partition's index
+    /// (a build takes longer than ordinary statements, and does not block writers).
+    pub index_build_timeout: Duration,
+}
+
+/// What happens to a partition past its retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// Detach, archive to `archive_dir`, verify the archive, then drop.
+    Archive,
+    /// Detach and keep the table, moved to schema `partwarden_archive`.
+    Detach,
+    /// Detach and drop without an archive (explicit opt-in).
+    Drop,
+}
+
+impl TableConfig {
+    /// The table's periods: its interval in its time zone.
+    pub fn calendar(&self) -> crate::period::Calendar {
+        crate::period::Calendar {
+            interval: self.interval,
+            tz: self.time_zone,
+        }
+    }
+}
+
+/// One `[[tables]]` entry: a partitioned table partwarden manages.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// The partitioned (parent) table.
+    pub name: QualifiedName,
+    /// Its range partition key column.
+    pub partition_key: Ident,
+    /// Span of one partition.
+    pub interval: Interval,
+    /// Where periods start at local midnight (`UTC` by default).
+    pub time_zone: chrono_tz::Tz,
+    /// Partitions kept ready after the current one.
+    pub premake: u32,
+    /// Partitions wholly older than this expire; `None` keeps them forever.
+    pub retention: Option<Retention>,
+    /// What expiry does.
+    pub on_expiry: OnExpiry,
+}
+
+impl Config {
+    /// Reads `path`, applies `PARTWARDEN__*` environment overrides, and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(err(
+                "cannot read the configuration file: it does not exist or is not a file".into(),
+            ));
+        }
+        let raw: RawConfig = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| {
+                let text = one_line(&redact_url(&scrub_secret_values(&e.to_string(), path)));
+                // The config crate appends the file name; ours is already at the front.
+                let text = text
+                    .strip_suffix(&format!(" in {file}"))
+                    .unwrap_or(&text)
+                    .to_string();
+                err(text)
+            })?;
+        raw.validate(path).map_err(err)
+    }
+}

@@ -1,25 +1,17 @@
 //! partwarden keeps a PostgreSQL odds store healthy: it owns the schema bootstrap, keeps
-//! `market_odds_history`'s partitions ahead of time, and (in later modules) expires old ones
-//! with verified archives and checks routing and index health.
+//! `market_odds_history`'s partitions ahead of time, expires old ones into verified archives,
+//! and checks routing and index health.
 //!
-//! An application that only writes odds depends on this crate with `default-features = false`
-//! and compiles [`odds`] (and [`dberror`]) with tokio-postgres, serde, serde_json, chrono and
-//! thiserror, nothing else; the `daemon` feature (on by default) brings the rest.
+//! **Application writers** depend on this crate with `default-features = false` and get
+//! [`odds`] (the write path) and [`dberror`], compiled with tokio-postgres, serde, serde_json,
+//! chrono and thiserror only (`scripts/check-odds-deps.sh` keeps it so).
 //!
-//! Module map (see `ARCHITECTURE.md` for the invariants that tie them together):
-//!
-//! - [`cli`]: command-line flags into a [`cli::Mode`].
-//! - [`config`]: `config.toml` and `PARTWARDEN__*` overrides into a validated [`config::Config`].
-//! - [`ident`]: identifiers from configuration, validated and quoted.
-//! - [`period`]: UTC calendar arithmetic for daily, weekly and monthly partitions.
-//! - [`clock`]: the database server's clock, and the host's compared with it.
-//! - [`db`]: opening sessions (UTC, timeouts, no secrets in errors).
-//! - [`catalog`]: snapshots of tables, partitions and indexes from `pg_catalog`.
-//! - [`shape`]: the odds tables' expected shape, compared field by field.
-//! - [`migrate`]: embedded migrations of `schema/`, planned, applied or adopted.
-//! - [`premake`]: the pure planner of partitions to create, and runway.
-//! - [`ddl`]: the executor: every DDL action in its own transaction under lock_timeout, retried.
-//! - [`bootstrap`]: `--bootstrap`, tying the above together.
+//! **The daemon** (feature `daemon`, on by default) is driven through a small public surface:
+//! the operations [`bootstrap::run`], [`pass::run_once`] / [`pass::run`], [`check::run`],
+//! [`restore::run`] and [`daemon::run`], their [`config::Config`] and reports, and the
+//! read-only views a tool or a test may use ([`catalog::snapshot`], the [`archive`] format,
+//! [`migrate::MIGRATIONS`]). Everything else is `pub(crate)`: planners, the step executor,
+//! the ledger, locks, metrics. See `ARCHITECTURE.md` for the map and the invariants.
 
 #[cfg(feature = "daemon")]
 pub mod archive;
@@ -74,6 +66,9 @@ pub(crate) mod scheduler;
 #[cfg(feature = "daemon")]
 pub(crate) mod shape;
 #[cfg(feature = "daemon")]
-pub mod step;
+pub(crate) mod step;
 #[cfg(feature = "daemon")]
 pub(crate) mod tls;
+
+#[cfg(feature = "daemon")]
+pub use step::StepError;

@@ -2,7 +2,7 @@
 //!
 //! tokio-cron-scheduler fires a cron-expression job (never its fixed-interval "repeated" jobs,
 //! which can stop firing for good under load: mvniekerk/tokio-cron-scheduler#113). The job
-//! only offers a tick to the [`Gate`]: while a pass is running the tick is skipped (and
+//! only offers a tick to the `Gate`: while a pass is running the tick is skipped (and
 //! counted), otherwise it is handed to the daemon's loop, which runs passes one at a time. A
 //! second job beats a heartbeat every few seconds; the systemd watchdog is fed only while that
 //! heartbeat is fresh, so a stalled scheduler gets the service restarted.

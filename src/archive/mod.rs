@@ -23,7 +23,7 @@ mod copyfmt;
 mod files;
 mod manifest;
 mod read;
-pub(crate) mod ship;
+pub mod ship;
 mod write;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,35 @@ use crate::db;
 use std::path::Path;
 use std::time::Duration;
 
+/// Why archive_command did not ship a file.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    /// `sh` could not be started.
+    #[error("cannot start sh: {0}")]
+    Start(#[source] std::io::Error),
+    /// Waiting for it failed.
+    #[error("waiting for it: {0}")]
+    Wait(#[source] std::io::Error),
+    /// It ran past `archive_command_timeout` and was killed with its process group.
+    #[error("killed (with its process group) after {after:?} for {file}")]
+    TimedOut {
+        /// The timeout.
+        after: Duration,
+        /// The file it was shipping.
+        file: String,
+    },
+    /// It exited with a failure.
+    #[error("{status} for {file}: {stderr}")]
+    Failed {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The file it was shipping.
+        file: String,
+        /// The last line of its stderr, passwords redacted.
+        stderr: String,
+    },
+}
+
 /// Runs `archive_command` for one file, with `%p`, `%f` and `%%` replaced (paths quoted for the
 /// shell).
 ///
@@ -17,7 +46,7 @@ pub async fn run(
     path: &Path,
     timeout: Duration,
     database: &crate::config::DatabaseConfig,
-) -> Result<(), String> {
+) -> Result<(), ShipError> {
     let file = path
         .file_name()
         .and_then(|f| f.to_str())
@@ -35,9 +64,7 @@ pub async fn run(
     for key in child_env_removals(database) {
         command.env_remove(key);
     }
-    let child = command
-        .spawn()
-        .map_err(|e| format!("cannot start sh: {e}"))?;
+    let child = command.spawn().map_err(ShipError::Start)?;
     let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Err(_) => {
@@ -45,11 +72,12 @@ pub async fn run(
                 // The group's leader is sh itself; its children share the group.
                 let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
             }
-            Err(format!(
-                "killed (with its process group) after {timeout:?} for {file}"
-            ))
+            Err(ShipError::TimedOut {
+                after: timeout,
+                file: file.to_string(),
+            })
         }
-        Ok(Err(e)) => Err(format!("waiting for it: {e}")),
+        Ok(Err(e)) => Err(ShipError::Wait(e)),
         Ok(Ok(out)) if out.status.success() => Ok(()),
         Ok(Ok(out)) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -60,11 +88,11 @@ pub async fn run(
                 .chars()
                 .take(200)
                 .collect::<String>();
-            Err(format!(
-                "{} for {file}: {}",
-                out.status,
-                crate::config::redact_url(&last)
-            ))
+            Err(ShipError::Failed {
+                status: out.status,
+                file: file.to_string(),
+                stderr: crate::config::redact_url(&last),
+            })
         }
     }
 }

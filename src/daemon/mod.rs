@@ -5,7 +5,7 @@
 //! reloads), on scheduler ticks, on the pass in progress, and (while the database is away) on
 //! the next reconnect attempt. Passes run as a task that owns the session for their duration,
 //! so the loop keeps answering signals while a pass runs, and ticks that come meanwhile are
-//! skipped by the [`Gate`].
+//! skipped by the `Gate`.
 //!
 //! **One leader.** The session that runs passes holds the pass advisory lock (session level, on
 //! this dedicated connection, never pooled). Other instances are standbys: they try the lock at
@@ -152,7 +152,7 @@ type Running = Pin<Box<dyn Future<Output = (Client, pass::Report)>>>;
 ///
 /// The daemon runs until `shutdown` completes (in the manner of mini-redis's
 /// `server::run(listener, shutdown)`): the binary passes [`signals`], a test may pass anything.
-/// The loop waits for the next event and hands it to a [`Daemon`] handler.
+/// The loop waits for the next event and hands it to a `Daemon` handler.
 pub async fn run(
     config_path: PathBuf,
     config: Config,

@@ -74,13 +74,16 @@ pub enum StepError {
     /// An archive could not be written, read or verified.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// archive_command did not ship the archive.
+    #[error(transparent)]
+    Ship(#[from] crate::archive::ship::ShipError),
     /// A check of the step refused to go on; the reason says what happens next.
     #[error("{0}")]
     Refused(String),
     /// What the failure means for the data, before the failure.
     #[error("{meaning}: {source}")]
     Meaning {
-        /// From [`super::Step::if_it_fails`].
+        /// From `Step::if_it_fails`.
         meaning: String,
         /// The failure.
         #[source]
@@ -94,7 +97,10 @@ impl StepError {
             StepError::Db(e) | StepError::Statement { source: e, .. } => Some(e),
             StepError::Archive(ArchiveError::Db { source, .. }) => Some(source),
             StepError::Meaning { source, .. } => source.db_error(),
-            StepError::LockTimeout { .. } | StepError::Archive(_) | StepError::Refused(_) => None,
+            StepError::LockTimeout { .. }
+            | StepError::Archive(_)
+            | StepError::Ship(_)
+            | StepError::Refused(_) => None,
         }
     }
 

@@ -454,11 +454,11 @@ impl<'a> Executor<'a> {
         }
         .await;
         let outcome = ledger::Outcome {
-            error: result.as_ref().err().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
             ..archive_outcome(&a.paths, &a.manifest)
         };
         ledger::finish(&*self.client, id, &outcome).await?;
-        result.map_err(StepError::Refused)?;
+        result?;
         Ok(Done { ..Done::default() })
     }
 }

@@ -8,8 +8,8 @@
 //!
 //! This module owns the pass as a whole (lock, clocks, phases, the ledger's `pass` event) and
 //! premake; its parts: [`report`] (what a pass did, and its text), `repair` (index repairs),
-//! `expire` (an expiry from wherever it stands: detach, archive, verify, ship, drop) and
-//! `ship` (archive_command).
+//! `expire` (an expiry from wherever it stands: detach, archive, verify, ship, drop), each
+//! planned as steps and run by the step executor.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

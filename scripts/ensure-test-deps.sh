@@ -2,7 +2,8 @@
 # Makes sure what the tests need is here: the PostgreSQL server binaries (initdb, pg_ctl,
 # postgres) on PATH, installing Debian's postgresql package when they are missing; a `postgres`
 # OS user when running as root (PostgreSQL refuses to run as root); systemd-analyze, to verify
-# the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong.
+# the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong;
+# moto's S3 server (`moto[server]` from PyPI, pinned), the real S3 API of the archive tests.
 # Prints what it found.
 set -euo pipefail
 if ! command -v initdb >/dev/null 2>&1; then
@@ -35,4 +36,14 @@ if ! command -v faketime >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
-echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1)" >&2
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing moto[server] (an S3-compatible server) from PyPI" >&2
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]==5.2.1' >/dev/null
+  hash -r
+  if ! command -v moto_server >/dev/null 2>&1; then
+    # pip's script directory may not be on PATH: link the script where later processes look.
+    bin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+    ln -sf "$bin/moto_server" /usr/local/bin/moto_server
+  fi
+fi
+echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1); moto $(python3 -c 'import moto; print(moto.__version__)')" >&2

@@ -28,6 +28,8 @@ pub enum Step {
     Verify,
     /// archive_command succeeded for the archive and its manifest.
     Ship,
+    /// The archive and its manifest were uploaded to the object store and verified there.
+    Upload,
     /// A detached partition was dropped.
     Drop,
     /// A detached partition was moved to schema partwarden_archive.
@@ -48,6 +50,7 @@ impl Step {
             Step::Archive => "archive",
             Step::Verify => "verify",
             Step::Ship => "ship",
+            Step::Upload => "upload",
             Step::Drop => "drop",
             Step::Move => "move",
             Step::Restore => "restore",
@@ -63,6 +66,7 @@ impl Step {
             "archive" => Step::Archive,
             "verify" => Step::Verify,
             "ship" => Step::Ship,
+            "upload" => Step::Upload,
             "drop" => Step::Drop,
             "move" => Step::Move,
             "restore" => Step::Restore,
@@ -246,7 +250,7 @@ pub async fn in_flight(
                     partition_schema, partition_name, lower_bound, upper_bound, step, finished_at IS NOT NULL \
              FROM partwarden.partition_events \
              WHERE table_name = $1 AND partition_name IS NOT NULL \
-               AND step IN ('detach', 'finalize', 'archive', 'verify', 'ship', 'drop', 'move') \
+               AND step IN ('detach', 'finalize', 'archive', 'verify', 'ship', 'upload', 'drop', 'move') \
              ORDER BY partition_schema, partition_name, id DESC",
             &[&table.to_string()],
         )

@@ -66,6 +66,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0006_history_pkey_name.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 7,
+        name: "upload_step",
+        sql: include_str!("../schema/0007_upload_step.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`

@@ -102,6 +102,22 @@ pub async fn run(
     dry_run: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<Outcome, RestoreError> {
+    // A manifest in an object store is fetched, with its data file, into a private local
+    // directory (removed when the restore ends), and restored from there like a local one.
+    let fetched = match manifest_path.to_str() {
+        Some(url) if url.starts_with("s3://") => Some(
+            archive::store::fetch(
+                url,
+                config.maintenance.archive_store.as_ref(),
+                &config.maintenance.archive_dir,
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    let manifest_path = fetched
+        .as_ref()
+        .map_or(manifest_path, |f| f.manifest.as_path());
     let m = archive::read_manifest(manifest_path)?;
     let parent = match target {
         Some(t) => RelName::from(t),

@@ -24,6 +24,7 @@ mod files;
 mod manifest;
 mod read;
 pub mod ship;
+pub mod store;
 mod write;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +70,14 @@ pub enum ArchiveError {
         what: &'static str,
         /// The error.
         source: tokio_postgres::Error,
+    },
+    /// The object store refused or failed a request (credentials never appear here).
+    #[error("{what}: {message}")]
+    Store {
+        /// What was being done, with the object's `s3://` URL.
+        what: String,
+        /// The store's error, on one line.
+        message: String,
     },
     /// The archive does not match what it claims or what the table holds.
     #[error("archive {} does not verify: {message}", .path.display())]

@@ -103,6 +103,7 @@ pub(super) async fn expiry_check(
         }
     }
     let mut dir_details = json!(null);
+    let mut store_details = json!(null);
     if table.on_expiry == OnExpiry::Archive {
         let needed: i64 = if expired.is_empty() {
             0
@@ -119,11 +120,34 @@ pub(super) async fn expiry_check(
         if s != Status::Ok {
             raise(s, m, &mut status);
         }
+        if let Some(store) = &config.maintenance.archive_store {
+            // A small object written, read back and deleted: reachable, bucket there,
+            // credentials that may write. The store's error never carries a credential.
+            let probed = match crate::archive::store::Store::open(store) {
+                Ok(s) => s.probe().await,
+                Err(e) => Err(e),
+            };
+            store_details = match &probed {
+                Ok(()) => json!({"url": store.url(), "writable": true}),
+                Err(e) => json!({"url": store.url(), "writable": false, "error": e.to_string()}),
+            };
+            if let Err(e) = probed {
+                raise(
+                    Status::Critical,
+                    format!(
+                        "the archive store {} cannot be written (expired partitions stay detached until it can): {e}",
+                        store.url()
+                    ),
+                    &mut status,
+                );
+            }
+        }
     }
     let details = json!({
         "expired_attached": expired.iter().map(|p| p.name.to_string()).collect::<Vec<_>>(),
         "unfinished": unfinished.iter().map(|u| json!({"partition": u.partition.to_string(), "last_step": u.last_step.as_str(), "finished": u.last_finished})).collect::<Vec<_>>(),
         "archive_dir": dir_details,
+        "archive_store": store_details,
     });
     if msgs.is_empty() {
         let retention = table

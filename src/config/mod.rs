@@ -130,8 +130,11 @@ impl fmt::Debug for DatabaseConfig {
 pub struct MaintenanceConfig {
     /// Cron expression with a seconds field, already checked with the scheduler's own parser.
     pub schedule: String,
-    /// Directory receiving archives of expired partitions.
+    /// Directory receiving archives of expired partitions; with an object store, the spool
+    /// directory where they are written and checked before they are uploaded.
     pub archive_dir: PathBuf,
+    /// The object store receiving archives, when `archive_dir` is an `s3://` URL.
+    pub archive_store: Option<StoreConfig>,
     /// Partitions expired per pass at most, so one pass never spends hours archiving.
     pub max_expired_per_pass: usize,
     /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
@@ -147,6 +150,73 @@ pub struct MaintenanceConfig {
     /// statement_timeout of `CREATE INDEX CONCURRENTLY` when a pass repairs a partition's index
     /// (a build takes longer than ordinary statements, and does not block writers).
     pub index_build_timeout: Duration,
+}
+
+/// An S3-compatible object store from `archive_dir = "s3://bucket/prefix"`. Credentials come
+/// only from the standard AWS environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, instance credentials), never from this file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// The bucket.
+    pub bucket: String,
+    /// Key prefix without leading or trailing `/` (may be empty).
+    pub prefix: String,
+    /// `maintenance.s3_endpoint`, else `AWS_ENDPOINT_URL`, else AWS.
+    pub endpoint: Option<String>,
+    /// `maintenance.s3_region`, else `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    pub region: Option<String>,
+}
+
+impl StoreConfig {
+    /// Parses `s3://bucket[/prefix]`: a bucket of 3 to 63 lower-case letters, digits, `.` and
+    /// `-`; a prefix of key-safe characters without empty, `.` or `..` segments.
+    pub fn parse(
+        url: &str,
+        endpoint: Option<String>,
+        region: Option<String>,
+    ) -> Result<StoreConfig, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("expected s3://bucket/prefix, got {url:?}"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_end_matches('/');
+        if !(3..=63).contains(&bucket.len())
+            || !bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        {
+            return Err(format!(
+                "{bucket:?} is not an S3 bucket name (3 to 63 lower-case letters, digits, `.` and `-`)"
+            ));
+        }
+        if !prefix.is_empty()
+            && (prefix
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+                || !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.')))
+        {
+            return Err(format!(
+                "prefix {prefix:?}: expected segments of letters, digits, `-`, `_` and `.`, separated by single `/`"
+            ));
+        }
+        Ok(StoreConfig {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+            endpoint,
+            region,
+        })
+    }
+
+    /// `s3://bucket/prefix`, for messages.
+    pub fn url(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
 }
 
 /// What happens to a partition past its retention.

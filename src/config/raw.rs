@@ -77,6 +77,9 @@ struct RawMaintenance {
     archive_command_timeout: String,
     archive_timeout: String,
     index_build_timeout: String,
+    spool_dir: String,
+    s3_endpoint: String,
+    s3_region: String,
 }
 
 impl Default for RawMaintenance {
@@ -89,6 +92,9 @@ impl Default for RawMaintenance {
             archive_command_timeout: "10m".into(),
             archive_timeout: "none".into(),
             index_build_timeout: "1h".into(),
+            spool_dir: "/var/lib/partwarden/spool".into(),
+            s3_endpoint: String::new(),
+            s3_region: String::new(),
         }
     }
 }
@@ -242,29 +248,33 @@ impl RawMaintenance {
                     self.schedule
                 )
             })?;
-        if self.archive_dir.is_empty() {
-            return Err(
-                "key `maintenance.archive_dir`: expected a directory path, got an empty string"
-                    .into(),
-            );
-        }
-        let dir = PathBuf::from(&self.archive_dir);
-        if dir
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(format!(
-                "key `maintenance.archive_dir`: {:?} contains `..`; give a path without it",
-                self.archive_dir
-            ));
-        }
-        // A relative directory means relative to the configuration file, never to whatever the
-        // working directory of a service happens to be.
-        let archive_dir = if dir.is_absolute() {
-            dir
+        let archive_store = if self.archive_dir.starts_with("s3://") {
+            let endpoint = match self.s3_endpoint.trim() {
+                "" => None,
+                e if e.starts_with("http://") || e.starts_with("https://") => Some(e.to_string()),
+                e => {
+                    return Err(format!(
+                        "key `maintenance.s3_endpoint`: expected an http:// or https:// URL, got {e:?}"
+                    ));
+                }
+            };
+            let region = match self.s3_region.trim() {
+                "" => None,
+                r => Some(r.to_string()),
+            };
+            Some(
+                StoreConfig::parse(&self.archive_dir, endpoint, region)
+                    .map_err(|e| format!("key `maintenance.archive_dir`: {e}"))?,
+            )
         } else {
-            base.join(dir)
+            None
         };
+        // With an object store, files are written and checked in the spool directory first.
+        let (local, key) = match archive_store {
+            Some(_) => (&self.spool_dir, "maintenance.spool_dir"),
+            None => (&self.archive_dir, "maintenance.archive_dir"),
+        };
+        let archive_dir = local_dir(key, local, base)?;
         if !(1..=1000).contains(&self.max_expired_per_pass) {
             return Err(format!(
                 "key `maintenance.max_expired_per_pass`: expected a whole number from 1 to 1000, got {}",
@@ -293,6 +303,7 @@ impl RawMaintenance {
         Ok(MaintenanceConfig {
             schedule: self.schedule,
             archive_dir,
+            archive_store,
             max_expired_per_pass: self.max_expired_per_pass as usize,
             archive_command,
             archive_command_timeout,
@@ -300,6 +311,30 @@ impl RawMaintenance {
             index_build_timeout,
         })
     }
+}
+
+/// A local directory from the configuration: not empty, no `..`, relative to the configuration
+/// file (never to whatever the working directory of a service happens to be).
+fn local_dir(key: &str, value: &str, base: &Path) -> Result<PathBuf, String> {
+    if value.is_empty() {
+        return Err(format!(
+            "key `{key}`: expected a directory path, got an empty string"
+        ));
+    }
+    let dir = PathBuf::from(value);
+    if dir
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "key `{key}`: {value:?} contains `..`; give a path without it"
+        ));
+    }
+    Ok(if dir.is_absolute() {
+        dir
+    } else {
+        base.join(dir)
+    })
 }
 
 impl RawTable {

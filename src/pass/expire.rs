@@ -150,6 +150,11 @@ struct Expiry<'a> {
     dispose: Vec<PlanStep>,
 }
 
+/// Whether the expiry archives (its steps include an upload).
+fn table_archives(e: &Expiry<'_>) -> bool {
+    e.dispose.iter().any(|s| matches!(s.work, Work::Upload))
+}
+
 impl<'a> Expiry<'a> {
     fn plan(
         config: &Config,
@@ -273,6 +278,19 @@ impl<'a> Expiry<'a> {
                     .recording(ledger(Step::Verify))
                     .if_it_fails("archive did not verify, the table stays detached and intact"),
                 );
+                if let Some(store) = &config.maintenance.archive_store {
+                    dispose.push(
+                        PlanStep::of(
+                            format!("upload {p}"),
+                            format!("archive_dir is {}", store.url()),
+                            Work::Upload,
+                        )
+                        .recording(ledger(Step::Upload))
+                        .if_it_fails(
+                            "the archive is not in the object store, verified; the table stays detached and intact, and the next pass retries",
+                        ),
+                    );
+                }
                 if let Some(command) = &config.maintenance.archive_command {
                     dispose.push(
                         PlanStep::of(
@@ -350,6 +368,15 @@ impl<'a> Expiry<'a> {
             written += exec.run(step).await?.archive_bytes;
             if matches!(step.work, Work::Verify) {
                 fault::point("after_verify");
+            }
+        }
+        if config.maintenance.archive_store.is_some() && table_archives(self) {
+            // The archive is in the store, verified, and the table is gone: the spool's copy
+            // has served its purpose.
+            for path in exec.spooled() {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(file = %path.display(), error = %e, "could not remove a spooled archive file");
+                }
             }
         }
         tracing::info!(partition = %self.task.partition, "expired");

@@ -82,6 +82,14 @@ impl<'a> Executor<'a> {
         }
     }
 
+    /// The local files of the archive of this run (data and manifest), if there is one.
+    pub fn spooled(&self) -> Vec<std::path::PathBuf> {
+        self.archived
+            .iter()
+            .flat_map(|a| [a.paths.data.clone(), a.paths.manifest.clone()])
+            .collect()
+    }
+
     /// Runs one step. On failure, a transactional step has left nothing behind.
     pub async fn run(&mut self, step: &Step) -> Result<Done, StepError> {
         let result = match &step.work {
@@ -91,6 +99,7 @@ impl<'a> Executor<'a> {
             Work::Concurrently { sql, bound } => self.concurrently(step, sql, *bound).await,
             Work::Archive(a) => self.archive(step, a).await,
             Work::Verify => self.verify(step).await,
+            Work::Upload => self.upload(step).await,
             Work::Ship { command } => self.ship(step, command).await,
         };
         match (&step.if_it_fails, result) {
@@ -328,7 +337,15 @@ impl<'a> Executor<'a> {
             .any(|l| {
                 l.partition == a.partition && l.last_step == Event::Archive && !l.last_finished
             });
-        let paths = archive::next_version(&a.dir, &a.table, &a.partition, reclaim)?;
+        let mut paths = archive::next_version(&a.dir, &a.table, &a.partition, reclaim)?;
+        // With an object store, a version whose name is taken there is not free either.
+        if let Some(store) = self.store()? {
+            while store.exists(&store.key(&paths.data)).await?
+                || store.exists(&store.key(&paths.manifest)).await?
+            {
+                paths = archive::version_paths(&a.dir, &a.table, &a.partition, paths.version + 1);
+            }
+        }
         let src = archive::Source {
             table: &a.table,
             partition: &a.partition,
@@ -389,7 +406,66 @@ impl<'a> Executor<'a> {
                 paths.data.display()
             )));
         }
+        // In the store, the version must be absent (to be uploaded) or this very archive.
+        if let Some(store) = self.store()? {
+            let (data, manifest) = (store.key(&paths.data), store.key(&paths.manifest));
+            if store.exists(&data).await? || store.exists(&manifest).await? {
+                store
+                    .verify(&data, &manifest, &m, &scratch(paths))
+                    .await
+                    .map_err(|e| {
+                        StepError::Refused(format!("its copy in the store does not verify: {e}"))
+                    })?;
+            }
+        }
         Ok(m)
+    }
+
+    /// The object store of `archive_dir = "s3://..."`, if there is one.
+    fn store(&self) -> Result<Option<archive::store::Store>, StepError> {
+        match &self.config.maintenance.archive_store {
+            Some(c) => Ok(Some(archive::store::Store::open(c)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn upload(&mut self, step: &Step) -> Result<Done, StepError> {
+        let Some(a) = self.archived.clone().filter(|a| a.verified) else {
+            return Err(StepError::Refused("no verified archive to upload".into()));
+        };
+        let Some(store) = self.store()? else {
+            return Err(StepError::Refused("no object store is configured".into()));
+        };
+        let id = match &step.record {
+            Record::Ledger(e) => Some(ledger::start(&*self.client, &e.event()).await?),
+            _ => None,
+        };
+        let scratch = scratch(&a.paths);
+        let result = async {
+            archive::create_private_dir(&scratch)?;
+            store.publish(&a.paths, &a.manifest, &scratch).await
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        if let Some(id) = id {
+            let outcome = match &result {
+                Ok((url, _)) => ledger::Outcome {
+                    archive_path: Some(url.clone()),
+                    ..archive_outcome(&a.paths, &a.manifest)
+                },
+                Err(e) => ledger::Outcome {
+                    error: Some(e.to_string()),
+                    ..Default::default()
+                },
+            };
+            ledger::finish(&*self.client, id, &outcome).await?;
+        }
+        let (url, written) = result?;
+        tracing::info!(object = %url, written, "archive in the object store, verified there");
+        Ok(Done {
+            rows: a.manifest.rows,
+            ..Done::default()
+        })
     }
 
     async fn verify(&mut self, step: &Step) -> Result<Done, StepError> {
@@ -461,6 +537,11 @@ impl<'a> Executor<'a> {
         result?;
         Ok(Done { ..Done::default() })
     }
+}
+
+/// A private working directory beside an archive's files, for what is read back from a store.
+fn scratch(paths: &Paths) -> std::path::PathBuf {
+    paths.dir.join(format!(".store-{}", std::process::id()))
 }
 
 /// The ledger outcome of an archive write or verification.

@@ -70,6 +70,9 @@ pub(crate) enum Work {
     Archive(Box<ArchiveWork>),
     /// The archive of this plan read back: size, SHA-256, rows and content digest.
     Verify,
+    /// The archive of this plan uploaded to the object store (`archive_dir = "s3://..."`),
+    /// then read back from the store and verified there.
+    Upload,
     /// archive_command for the archive of this plan and its manifest, unless the ledger says
     /// it has already shipped this very file.
     Ship {
@@ -228,7 +231,7 @@ impl Step {
             Work::Transaction { statements, .. } => statements.iter().map(Statement::sql).collect(),
             Work::Concurrently { sql, .. } => vec![sql.clone()],
             Work::Archive(a) => vec![format!("COPY {} TO STDOUT", a.partition.quoted())],
-            Work::Verify | Work::Ship { .. } => Vec::new(),
+            Work::Verify | Work::Upload | Work::Ship { .. } => Vec::new(),
         }
     }
 
@@ -292,6 +295,18 @@ impl Step {
             Work::Verify => {
                 s.push_str(
                     "-- read back: size, SHA-256, rows and content digest against the manifest, rows against count(*)\n",
+                );
+            }
+            Work::Upload => {
+                let _ = writeln!(
+                    s,
+                    "-- upload both files to {} (multipart, never replacing an object), then read them back from the store: size, SHA-256, rows and content digest verified there",
+                    config
+                        .maintenance
+                        .archive_store
+                        .as_ref()
+                        .map(|c| c.url())
+                        .unwrap_or_default()
                 );
             }
             Work::Ship { command } => {

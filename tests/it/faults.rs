@@ -208,7 +208,7 @@ async fn kill_9_at_fifty_random_instants_loses_nothing() {
              FROM (SELECT DISTINCT ON (partition_schema, partition_name) * \
                    FROM partwarden.partition_events \
                    WHERE table_name = 'public.market_odds_history' AND partition_name IS NOT NULL \
-                     AND step IN ('detach', 'finalize', 'archive', 'verify', 'ship', 'drop', 'move') \
+                     AND step IN ('detach', 'finalize', 'archive', 'verify', 'ship', 'upload', 'drop', 'move') \
                    ORDER BY partition_schema, partition_name, id DESC) e \
              WHERE NOT (step IN ('drop', 'move') AND finished_at IS NOT NULL)",
             &[],

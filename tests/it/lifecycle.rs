@@ -10,13 +10,13 @@ use partwarden::period::Interval;
 use crate::support::{TestDb, catalog_dump, partwarden, path_str};
 
 /// Rows put in each old partition.
-const ROWS: i64 = 5000;
+pub(crate) const ROWS: i64 = 5000;
 
 fn month_start(back: u32) -> DateTime<Utc> {
     Interval::Monthly.floor(Utc::now()) - Months::new(back)
 }
 
-fn month_name(back: u32) -> String {
+pub(crate) fn month_name(back: u32) -> String {
     format!(
         "market_odds_history{}",
         Interval::Monthly.suffix(month_start(back))
@@ -25,7 +25,12 @@ fn month_name(back: u32) -> String {
 
 /// A bootstrapped database whose history has partitions `backs` months ago, each with ROWS
 /// rows, plus `extra_config` appended to the configuration. Returns the config path.
-async fn history(db: &TestDb, backs: &[u32], database_extra: &str, extra_config: &str) -> PathBuf {
+pub(crate) async fn history(
+    db: &TestDb,
+    backs: &[u32],
+    database_extra: &str,
+    extra_config: &str,
+) -> PathBuf {
     let config = db.write_config(database_extra, extra_config);
     let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -51,7 +56,7 @@ async fn history(db: &TestDb, backs: &[u32], database_extra: &str, extra_config:
 }
 
 /// An ordered hash of every row of `rel`, to compare contents exactly.
-async fn rows_hash(db: &TestDb, rel: &str) -> (i64, String) {
+pub(crate) async fn rows_hash(db: &TestDb, rel: &str) -> (i64, String) {
     let c = db.client().await;
     let r = c
         .query_one(
@@ -66,7 +71,7 @@ async fn rows_hash(db: &TestDb, rel: &str) -> (i64, String) {
     (r.get(0), r.get(1))
 }
 
-async fn ledger(db: &TestDb, partition: &str) -> Vec<String> {
+pub(crate) async fn ledger(db: &TestDb, partition: &str) -> Vec<String> {
     db.client()
         .await
         .query(

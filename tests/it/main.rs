@@ -13,5 +13,6 @@ mod nothing_lost;
 mod odds;
 mod pg;
 mod security;
+mod store;
 mod support;
 mod tls;

@@ -99,7 +99,8 @@ pub async fn run(
 
 /// The environment variables a child process must not inherit: libpq's (`PG*`: `PGPASSWORD`,
 /// `PGPASSFILE`, ...), partwarden's own overrides (`PARTWARDEN*`, which may hold the database
-/// URL), and any other whose value contains the database password or connection string.
+/// URL), the object store's secrets (`AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and any
+/// other whose value contains the database password or connection string, or an AWS secret.
 pub fn child_env_removals(database: &crate::config::DatabaseConfig) -> Vec<std::ffi::OsString> {
     let mut secrets: Vec<String> = Vec::new();
     if let Some(p) = &database.password {
@@ -111,6 +112,11 @@ pub fn child_env_removals(database: &crate::config::DatabaseConfig) -> Vec<std::
         secrets.push(String::from_utf8_lossy(p).into_owned());
     }
     secrets.push(database.url.clone());
+    for k in AWS_SECRETS {
+        if let Ok(v) = std::env::var(k) {
+            secrets.push(v);
+        }
+    }
     secrets.retain(|s| !s.is_empty());
     std::env::vars_os()
         .filter(|(k, v)| {
@@ -118,11 +124,15 @@ pub fn child_env_removals(database: &crate::config::DatabaseConfig) -> Vec<std::
             let v = v.to_string_lossy();
             k.starts_with("PG")
                 || k.starts_with("PARTWARDEN")
+                || AWS_SECRETS.contains(&k.as_ref())
                 || secrets.iter().any(|s| v.contains(s.as_str()))
         })
         .map(|(k, _)| k)
         .collect()
 }
+
+/// The AWS variables that hold secrets.
+const AWS_SECRETS: [&str; 2] = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
 
 /// PostgreSQL-style `%p` / `%f` / `%%` expansion, with single-quoted shell words.
 fn expand_command(cmd: &str, path: &str, file: &str) -> String {

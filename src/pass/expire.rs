@@ -278,19 +278,6 @@ impl<'a> Expiry<'a> {
                     .recording(ledger(Step::Verify))
                     .if_it_fails("archive did not verify, the table stays detached and intact"),
                 );
-                if let Some(store) = &config.maintenance.archive_store {
-                    dispose.push(
-                        PlanStep::of(
-                            format!("upload {p}"),
-                            format!("archive_dir is {}", store.url()),
-                            Work::Upload,
-                        )
-                        .recording(ledger(Step::Upload))
-                        .if_it_fails(
-                            "the archive is not in the object store, verified; the table stays detached and intact, and the next pass retries",
-                        ),
-                    );
-                }
                 if let Some(command) = &config.maintenance.archive_command {
                     dispose.push(
                         PlanStep::of(
@@ -302,6 +289,19 @@ impl<'a> Expiry<'a> {
                         )
                         .recording(ledger(Step::Ship))
                         .if_it_fails("archive_command failed, the table stays detached and is retried next pass"),
+                    );
+                }
+                if let Some(store) = &config.maintenance.archive_store {
+                    dispose.push(
+                        PlanStep::of(
+                            format!("upload {p}"),
+                            format!("archive_dir is {}", store.url()),
+                            Work::Upload,
+                        )
+                        .recording(ledger(Step::Upload))
+                        .if_it_fails(
+                            "the archive is not in the object store, verified; the table stays detached and intact, and the next pass retries",
+                        ),
                     );
                 }
                 dispose.push(drop(

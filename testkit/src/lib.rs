@@ -441,8 +441,14 @@ pub fn s3_server() -> &'static S3Server {
 }
 
 impl S3Server {
-    /// Starts a server of its own (for a test that stops it).
+    /// Starts a server of its own.
     pub fn start() -> S3Server {
+        S3Server::start_with(&[])
+    }
+
+    /// Starts a server of its own with extra environment for moto (for example
+    /// `INITIAL_NO_AUTH_ACTION_COUNT=0`: every request must be signed by a known key).
+    pub fn start_with(moto_env: &[(&str, &str)]) -> S3Server {
         let port = free_port();
         let script = r#"
 set -u
@@ -465,6 +471,7 @@ kill $pid; wait $pid; rm -f "$LOG"
             .arg(script)
             .env("PORT", port.to_string())
             .env("LOG", &log)
+            .envs(moto_env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

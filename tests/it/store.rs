@@ -184,3 +184,48 @@ async fn an_object_changed_in_the_bucket_is_never_taken_for_the_archive() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(rows_hash(&db, &month_name(8)).await, before);
 }
+
+/// Credentials the store refuses: the table stays, `--check` is critical, and the secret
+/// appears in nothing partwarden prints. With credentials it accepts, archive_command runs and
+/// never sees the store's secrets in its environment, not even under another name.
+#[tokio::test]
+async fn wrong_credentials_keep_the_table_and_no_secret_leaves() {
+    // moto with authentication on: only keys it issued are accepted.
+    let strict = S3Server::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "0")]);
+    let db = TestDb::new("store_credentials").await;
+    let config = history(&db, &[8, 2], "", "").await;
+    to_store(&config, "pw-creds", "");
+    let before = rows_hash(&db, &month_name(8)).await;
+    let (code, out, err) = run(&config, &strict, &["--run-once"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(db.exists(&month_name(8)).await);
+    assert_eq!(rows_hash(&db, &month_name(8)).await, before);
+    let (code, check, _) = run(&config, &strict, &["--check", "--format", "json"]);
+    assert_eq!(code, 2, "{check}");
+    assert!(check.contains("\"writable\": false"), "{check}");
+    for text in [&out, &err, &check] {
+        assert!(!text.contains("partwarden-test-secret"), "{text}");
+    }
+
+    let s3 = s3_server();
+    s3.create_bucket("pw-creds-ok");
+    let db = TestDb::new("store_child_env").await;
+    let seen = db.dir.path().join("env.txt");
+    let config = history(
+        &db,
+        &[8, 2],
+        "",
+        &format!("archive_command = \"env > {} ; : %p\"\n", seen.display()),
+    )
+    .await;
+    to_store(&config, "pw-creds-ok", "");
+    let env = env(s3);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("SOME_TOOL_SECRET", "partwarden-test-secret-do-not-log"));
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &env);
+    assert_eq!(code, 0, "{out}{err}");
+    let env = std::fs::read_to_string(&seen).unwrap();
+    assert!(env.contains("PATH="), "{env}");
+    assert!(!env.contains("partwarden-test-secret"), "{env}");
+    assert!(!env.contains("AWS_SECRET_ACCESS_KEY"), "{env}");
+}

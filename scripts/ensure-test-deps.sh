@@ -3,7 +3,8 @@
 # postgres) on PATH, installing Debian's postgresql package when they are missing; a `postgres`
 # OS user when running as root (PostgreSQL refuses to run as root); systemd-analyze, to verify
 # the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong;
-# moto's S3 server (`moto[server]` from PyPI, pinned), the real S3 API of the archive tests.
+# moto's S3 server (`moto[server]` from PyPI, pinned), the real S3 API of the archive tests;
+# DuckDB's Python package (pinned), which reads the Parquet archives in a test.
 # Prints what it found.
 set -euo pipefail
 if ! command -v initdb >/dev/null 2>&1; then
@@ -46,4 +47,8 @@ if ! command -v moto_server >/dev/null 2>&1; then
     ln -sf "$bin/moto_server" /usr/local/bin/moto_server
   fi
 fi
-echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1); moto $(python3 -c 'import moto; print(moto.__version__)')" >&2
+if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing duckdb (Python) from PyPI" >&2
+  python3 -m pip install -q --disable-pip-version-check 'duckdb==1.4.2' >/dev/null
+fi
+echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1); moto $(python3 -c 'import moto; print(moto.__version__)'); duckdb $(python3 -c 'import duckdb; print(duckdb.__version__)')" >&2

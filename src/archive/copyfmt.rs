@@ -179,6 +179,12 @@ impl ContentDigest {
         }
     }
 
+    /// Adds one row given by its SHA-256 (for digests of rows that are not COPY text lines).
+    pub fn add_row_hash(&mut self, h: &[u8]) {
+        self.add(h);
+        self.rows += 1;
+    }
+
     fn add(&mut self, h: &[u8]) {
         // The hash read as a big-endian 256-bit number, added with carries.
         let mut carry = 0u64;

@@ -25,6 +25,8 @@ pub struct Paths {
     pub dir: PathBuf,
     /// `<dir>/<stem>.pgcopy.zst`.
     pub data: PathBuf,
+    /// `<dir>/<stem>.parquet`, the data file of a Parquet archive.
+    pub parquet: PathBuf,
     /// `<dir>/<stem>.manifest.json`.
     pub manifest: PathBuf,
     /// 1 for the first archive of a partition, then 2, 3, ... for archives written again.
@@ -58,6 +60,7 @@ pub fn version_paths(
     }
     Paths {
         data: dir.join(format!("{stem}.pgcopy.zst")),
+        parquet: dir.join(format!("{stem}.parquet")),
         manifest: dir.join(format!("{stem}.manifest.json")),
         dir,
         version,
@@ -72,7 +75,7 @@ pub fn latest(archive_dir: &Path, table: &RelName, partition: &RelName) -> Optio
         let p = version_paths(archive_dir, table, partition, v);
         if p.manifest.exists() {
             found = Some(p);
-        } else if !p.data.exists() {
+        } else if !p.data.exists() && !p.parquet.exists() {
             return found;
         }
     }
@@ -94,12 +97,17 @@ pub fn next_version(
         if p.manifest.exists() {
             continue;
         }
-        if p.data.exists() {
-            if !reclaim {
-                continue;
+        for data in [&p.data, &p.parquet] {
+            if data.exists() {
+                if !reclaim {
+                    break;
+                }
+                tracing::info!(file = %data.display(), "removing the data file of an interrupted archive write (it has no manifest)");
+                std::fs::remove_file(data).map_err(io("removing", data))?;
             }
-            tracing::info!(file = %p.data.display(), "removing the data file of an interrupted archive write (it has no manifest)");
-            std::fs::remove_file(&p.data).map_err(io("removing", &p.data))?;
+        }
+        if p.data.exists() || p.parquet.exists() {
+            continue;
         }
         return Ok(p);
     }
@@ -135,6 +143,14 @@ fn file_safe_part(s: &str) -> String {
 }
 
 impl Paths {
+    /// The data file of this version in `format`.
+    pub fn data_file(&self, format: DataFormat) -> &Path {
+        match format {
+            DataFormat::Copy => &self.data,
+            DataFormat::Parquet => &self.parquet,
+        }
+    }
+
     pub(super) fn temp(&self, of: &Path) -> PathBuf {
         let name = of.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
         self.dir.join(format!(
@@ -155,6 +171,7 @@ impl Paths {
         let prefixes = [
             format!(".{}.pgcopy.zst.tmp-", self.stem),
             format!(".{}.manifest.json.tmp-", self.stem),
+            format!(".{}.parquet.tmp-", self.stem),
         ];
         let mut removed = 0;
         for entry in entries {

@@ -17,6 +17,17 @@ use super::*;
 use crate::catalog::{self, RelName};
 use crate::db::error_text;
 
+/// The format of an archive's data file (`maintenance.archive_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// zstd-compressed PostgreSQL text COPY (`.pgcopy.zst`).
+    #[default]
+    Copy,
+    /// Parquet with typed, zstd-compressed columns (`.parquet`).
+    Parquet,
+}
+
 /// One column of the archived table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestColumn {
@@ -62,6 +73,14 @@ pub struct Manifest {
     pub compressed_bytes: u64,
     /// SHA-256 of the data file, hex.
     pub sha256: String,
+    /// What the data file is: a zstd text COPY stream (the default, and what manifests
+    /// written before Parquet existed hold) or Parquet.
+    #[serde(default)]
+    pub data_format: DataFormat,
+    /// For Parquet: the order-independent digest of the typed values of the rows
+    /// (`parquet::TYPED_DIGEST_PREFIX`), which verifying the file recomputes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typed_digest: Option<String>,
     /// Order-independent digest of the rows ([`ContentDigest`]); absent in manifests written
     /// before it existed, whose archives cannot prove a table unchanged and are archived again.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -22,6 +22,7 @@
 mod copyfmt;
 mod files;
 mod manifest;
+pub mod parquet;
 mod read;
 pub mod ship;
 pub mod store;
@@ -33,7 +34,7 @@ use crate::db::error_text;
 
 pub use copyfmt::{ContentDigest, KeyKind, RowCounter};
 pub use files::{Paths, create_private_dir, latest, next_version, paths, version_paths};
-pub use manifest::{Manifest, ManifestColumn, data_path, read_manifest};
+pub use manifest::{DataFormat, Manifest, ManifestColumn, data_path, read_manifest};
 pub use read::{check_file, copy_into, table_digest, verify};
 pub use write::{Source, statement_timeout_sql, write};
 

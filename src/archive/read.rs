@@ -22,6 +22,9 @@ use crate::db::error_text;
 /// Reads the data file back and checks size, SHA-256 and row count against the manifest.
 /// Returns the row count.
 pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, ArchiveError> {
+    if m.data_format == DataFormat::Parquet {
+        return check_parquet(manifest_path, m).await;
+    }
     let data = data_path(manifest_path, m)?;
     let expected_sha = m.sha256.clone();
     let expected_bytes = m.compressed_bytes;
@@ -82,6 +85,138 @@ pub async fn check_file(manifest_path: &Path, m: &Manifest) -> Result<u64, Archi
     })
     .await
     .expect("archive reader thread does not panic")
+}
+
+/// Size and SHA-256 of a data file against the manifest, read through once.
+fn check_bytes(data: &Path, m: &Manifest) -> Result<(), ArchiveError> {
+    let file = File::open(data).map_err(io("opening archive", data))?;
+    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(io("reading archive", data))?;
+    let (_, sha, bytes) = hashing.finish();
+    let mismatch = |message: String| ArchiveError::Mismatch {
+        path: data.to_path_buf(),
+        message,
+    };
+    if bytes != m.compressed_bytes {
+        return Err(mismatch(format!(
+            "{bytes} bytes, manifest says {}",
+            m.compressed_bytes
+        )));
+    }
+    if sha != m.sha256 {
+        return Err(mismatch(format!(
+            "SHA-256 {sha}, manifest says {}",
+            m.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// A Parquet archive: size and SHA-256, then its rows and typed digest.
+async fn check_parquet(manifest_path: &Path, m: &Manifest) -> Result<u64, ArchiveError> {
+    let data = data_path(manifest_path, m)?;
+    let m = m.clone();
+    tokio::task::spawn_blocking(move || {
+        check_bytes(&data, &m)?;
+        let Some(typed) = &m.typed_digest else {
+            return Err(ArchiveError::Mismatch {
+                path: data.clone(),
+                message: "a Parquet manifest without a typed digest".into(),
+            });
+        };
+        let rows = super::parquet::check(&data, &m.columns, typed)?;
+        if rows != m.rows {
+            return Err(ArchiveError::Mismatch {
+                path: data.clone(),
+                message: format!("{rows} rows, manifest says {}", m.rows),
+            });
+        }
+        Ok(rows)
+    })
+    .await
+    .expect("archive reader thread does not panic")
+}
+
+/// Loads a Parquet archive into `table` (in the caller's transaction): size and SHA-256
+/// first, then its rows as COPY text; then the loaded table is read back, and its content
+/// digest must be the manifest's (the rows are exactly those archived, as PostgreSQL prints
+/// them), else the caller's transaction is not to be committed.
+async fn copy_parquet_into(
+    client: &tokio_postgres::Transaction<'_>,
+    manifest_path: &Path,
+    m: &Manifest,
+    table: &RelName,
+) -> Result<u64, ArchiveError> {
+    let data = data_path(manifest_path, m)?;
+    let cols = m
+        .columns
+        .iter()
+        .map(|c| crate::ident::quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sink = client
+        .copy_in(&format!("COPY {} ({cols}) FROM STDIN", table.quoted()))
+        .await
+        .map_err(db("COPY FROM STDIN"))?;
+    futures_util::pin_mut!(sink);
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<Bytes, ArchiveError>>(CHANNEL_CHUNKS);
+    let (path, manifest) = (data.clone(), m.clone());
+    let reader = tokio::task::spawn_blocking(move || {
+        let result = (|| {
+            check_bytes(&path, &manifest)?;
+            let mut send = |chunk: Vec<u8>| {
+                sender
+                    .blocking_send(Ok(Bytes::from(chunk)))
+                    .map_err(|_| "the COPY stopped".to_string())
+            };
+            super::parquet::copy_text(&path, &manifest.columns, BATCH_BYTES, &mut send)
+        })();
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let _ = sender.blocking_send(Err(e));
+                None
+            }
+        }
+    });
+    while let Some(chunk) = receiver.recv().await {
+        sink.send(chunk?).await.map_err(db("COPY FROM STDIN"))?;
+    }
+    let read = reader.await.expect("archive reader thread does not panic");
+    let loaded = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(db("COPY FROM STDIN"))?;
+    let mismatch = |message: String| ArchiveError::Mismatch {
+        path: data.clone(),
+        message,
+    };
+    let Some((rows, typed)) = read else {
+        return Err(mismatch("the archive reader stopped early".into()));
+    };
+    if rows != m.rows || loaded != m.rows {
+        return Err(mismatch(format!(
+            "{rows} rows read, {loaded} loaded, manifest says {}",
+            m.rows
+        )));
+    }
+    if m.typed_digest.as_deref() != Some(typed.as_str()) {
+        return Err(mismatch(format!(
+            "typed digest {typed}, manifest says {}",
+            m.typed_digest.as_deref().unwrap_or("none")
+        )));
+    }
+    let (n, content) = table_digest(client, table).await?;
+    if n != m.rows || m.content_digest.as_deref() != Some(content.as_str()) {
+        return Err(mismatch(format!(
+            "the loaded rows read back as {n} rows with content digest {content}, manifest says {} rows, {}",
+            m.rows,
+            m.content_digest.as_deref().unwrap_or("none")
+        )));
+    }
+    Ok(loaded)
 }
 
 /// Verifies the archive of `table`: the file checks out against its manifest, and holds as many
@@ -149,6 +284,9 @@ pub async fn copy_into(
     m: &Manifest,
     table: &RelName,
 ) -> Result<u64, ArchiveError> {
+    if m.data_format == DataFormat::Parquet {
+        return copy_parquet_into(client, manifest_path, m, table).await;
+    }
     let data = data_path(manifest_path, m)?;
     let cols = m
         .columns

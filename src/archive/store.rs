@@ -261,9 +261,10 @@ impl Store {
         manifest: &super::Manifest,
         scratch: &Path,
     ) -> Result<(String, bool), ArchiveError> {
-        let data_key = self.key(&paths.data);
+        let data = paths.dir.join(&manifest.file);
+        let data_key = self.key(&data);
         let manifest_key = self.key(&paths.manifest);
-        let a = self.upload(&paths.data, &data_key, scratch).await?;
+        let a = self.upload(&data, &data_key, scratch).await?;
         let b = self.upload(&paths.manifest, &manifest_key, scratch).await?;
         crate::fault::point("after_upload");
         self.verify(&data_key, &manifest_key, manifest, scratch)

@@ -45,6 +45,7 @@ pub async fn write(
     src: &Source<'_>,
     paths: &Paths,
     timeout: Option<std::time::Duration>,
+    format: DataFormat,
 ) -> Result<Manifest, ArchiveError> {
     create_private_dir(&paths.dir)?;
     paths.remove_stale_temps()?;
@@ -75,9 +76,21 @@ pub async fn write(
         .map_err(db("reading server_version"))?
         .get(0);
 
-    let temp = paths.temp(&paths.data);
-    let result = write_data(client, src, &temp, key, timeout).await;
-    let (rows, range, sha256, compressed_bytes, content_digest) = match result {
+    let data_file = paths.data_file(format).to_path_buf();
+    let manifest_columns: Vec<ManifestColumn> = columns
+        .iter()
+        .map(|c| ManifestColumn {
+            name: c.name.clone(),
+            data_type: c.data_type.clone(),
+        })
+        .collect();
+    let temp = paths.temp(&data_file);
+    let sink = match format {
+        DataFormat::Copy => Sink::Copy,
+        DataFormat::Parquet => Sink::Parquet(manifest_columns.clone()),
+    };
+    let result = write_data(client, src, &temp, key, timeout, sink).await;
+    let (rows, range, sha256, compressed_bytes, content_digest, typed_digest) = match result {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
@@ -85,7 +98,7 @@ pub async fn write(
         }
     };
     crate::fault::point("archive_temp_written");
-    publish(&temp, &paths.data, &paths.dir)?;
+    publish(&temp, &data_file, &paths.dir)?;
     crate::fault::point("archive_data_written");
 
     let manifest = Manifest {
@@ -96,24 +109,19 @@ pub async fn write(
         lower: src.lower,
         upper: src.upper,
         partition_key: src.key.into(),
-        columns: columns
-            .iter()
-            .map(|c| ManifestColumn {
-                name: c.name.clone(),
-                data_type: c.data_type.clone(),
-            })
-            .collect(),
+        columns: manifest_columns,
         rows,
         key_min: range.map(|r| r.0),
         key_max: range.map(|r| r.1),
-        file: paths
-            .data
+        file: data_file
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .into(),
         compression: "zstd".into(),
         copy_format: "text".into(),
+        data_format: format,
+        typed_digest,
         compressed_bytes,
         sha256,
         content_digest: Some(content_digest),
@@ -141,8 +149,16 @@ pub async fn write(
 type KeyRange = (DateTime<Utc>, DateTime<Utc>);
 
 /// What streaming a table into a file found: rows, key range, SHA-256 of the file, its size,
-/// and the content digest of the rows.
-type Written = (u64, Option<KeyRange>, String, u64, String);
+/// the content digest of the rows, and (Parquet) the typed digest.
+type Written = (u64, Option<KeyRange>, String, u64, String, Option<String>);
+
+/// What the COPY stream is turned into.
+enum Sink {
+    /// zstd of the text itself.
+    Copy,
+    /// Parquet of the typed values, for a table with these columns.
+    Parquet(Vec<ManifestColumn>),
+}
 
 /// A new file, 0600, failing if the name exists.
 fn create_private_file(path: &Path) -> std::io::Result<File> {
@@ -168,28 +184,51 @@ async fn write_data(
     temp: &Path,
     key: Option<(usize, KeyKind)>,
     timeout: Option<std::time::Duration>,
+    sink: Sink,
 ) -> Result<Written, ArchiveError> {
     let file = create_private_file(temp).map_err(io("creating", temp))?;
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(CHANNEL_CHUNKS);
     let temp_owned = temp.to_path_buf();
     let writer = tokio::task::spawn_blocking(move || -> Result<_, ArchiveError> {
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
-        let mut encoder =
-            zstd::Encoder::new(hashing, ZSTD_LEVEL).map_err(io("compressing", &temp_owned))?;
-        let mut counter = RowCounter::new(key);
-        let mut digest = ContentDigest::new();
-        while let Some(chunk) = receiver.blocking_recv() {
-            counter.feed(&chunk);
-            digest.feed(&chunk);
-            encoder
-                .write_all(&chunk)
-                .map_err(io("writing", &temp_owned))?;
-        }
-        let rows = counter.finish().map_err(|m| ArchiveError::Mismatch {
+        let stream_error = |m: String| ArchiveError::Mismatch {
             path: temp_owned.clone(),
             message: format!("COPY stream: {m}"),
-        })?;
-        let hashing = encoder.finish().map_err(io("writing", &temp_owned))?;
+        };
+        let mut counter = RowCounter::new(key);
+        let mut digest = ContentDigest::new();
+        let (hashing, typed) = match sink {
+            Sink::Copy => {
+                let mut encoder = zstd::Encoder::new(hashing, ZSTD_LEVEL)
+                    .map_err(io("compressing", &temp_owned))?;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    counter.feed(&chunk);
+                    digest.feed(&chunk);
+                    encoder
+                        .write_all(&chunk)
+                        .map_err(io("writing", &temp_owned))?;
+                }
+                (encoder.finish().map_err(io("writing", &temp_owned))?, None)
+            }
+            Sink::Parquet(columns) => {
+                let mut writer =
+                    super::parquet::Writer::new(&columns, hashing).map_err(stream_error)?;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    counter.feed(&chunk);
+                    digest.feed(&chunk);
+                    writer.feed(&chunk).map_err(stream_error)?;
+                }
+                let (hashing, typed_rows, typed) = writer.finish().map_err(stream_error)?;
+                if typed_rows != counter.rows() {
+                    return Err(stream_error(format!(
+                        "{typed_rows} rows written to Parquet, {} in the stream",
+                        counter.rows()
+                    )));
+                }
+                (hashing, Some(typed))
+            }
+        };
+        let rows = counter.finish().map_err(stream_error)?;
         let (buffered, sha, bytes) = hashing.finish();
         let file = buffered
             .into_inner()
@@ -199,7 +238,7 @@ async fn write_data(
             path: temp_owned.clone(),
             message: format!("COPY stream: {m}"),
         })?;
-        Ok((rows, counter.key_range(), sha, bytes, content))
+        Ok((rows, counter.key_range(), sha, bytes, content, typed))
     });
 
     let streamed = async {

@@ -135,6 +135,8 @@ pub struct MaintenanceConfig {
     pub archive_dir: PathBuf,
     /// The object store receiving archives, when `archive_dir` is an `s3://` URL.
     pub archive_store: Option<StoreConfig>,
+    /// The format of archive files: zstd text COPY (default) or Parquet.
+    pub archive_format: crate::archive::DataFormat,
     /// Partitions expired per pass at most, so one pass never spends hours archiving.
     pub max_expired_per_pass: usize,
     /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file

@@ -78,6 +78,7 @@ struct RawMaintenance {
     archive_timeout: String,
     index_build_timeout: String,
     spool_dir: String,
+    archive_format: String,
     s3_endpoint: String,
     s3_region: String,
 }
@@ -93,6 +94,7 @@ impl Default for RawMaintenance {
             archive_timeout: "none".into(),
             index_build_timeout: "1h".into(),
             spool_dir: "/var/lib/partwarden/spool".into(),
+            archive_format: "copy".into(),
             s3_endpoint: String::new(),
             s3_region: String::new(),
         }
@@ -300,10 +302,20 @@ impl RawMaintenance {
         };
         let index_build_timeout =
             duration("maintenance.index_build_timeout", &self.index_build_timeout)?;
+        let archive_format = match self.archive_format.as_str() {
+            "copy" => crate::archive::DataFormat::Copy,
+            "parquet" => crate::archive::DataFormat::Parquet,
+            other => {
+                return Err(format!(
+                    "key `maintenance.archive_format`: expected \"copy\" or \"parquet\", got {other:?}"
+                ));
+            }
+        };
         Ok(MaintenanceConfig {
             schedule: self.schedule,
             archive_dir,
             archive_store,
+            archive_format,
             max_expired_per_pass: self.max_expired_per_pass as usize,
             archive_command,
             archive_command_timeout,

@@ -264,6 +264,7 @@ impl<'a> Expiry<'a> {
                             key: table.partition_key.as_str().to_string(),
                             dir: dir.clone(),
                             reuse: archive::latest(dir, &parent, p),
+                            format: config.maintenance.archive_format,
                         })),
                     )
                     .recording(ledger(Step::Archive))

@@ -86,7 +86,7 @@ impl<'a> Executor<'a> {
     pub fn spooled(&self) -> Vec<std::path::PathBuf> {
         self.archived
             .iter()
-            .flat_map(|a| [a.paths.data.clone(), a.paths.manifest.clone()])
+            .flat_map(|a| [a.paths.dir.join(&a.manifest.file), a.paths.manifest.clone()])
             .collect()
     }
 
@@ -341,6 +341,7 @@ impl<'a> Executor<'a> {
         // With an object store, a version whose name is taken there is not free either.
         if let Some(store) = self.store()? {
             while store.exists(&store.key(&paths.data)).await?
+                || store.exists(&store.key(&paths.parquet)).await?
                 || store.exists(&store.key(&paths.manifest)).await?
             {
                 paths = archive::version_paths(&a.dir, &a.table, &a.partition, paths.version + 1);
@@ -359,6 +360,7 @@ impl<'a> Executor<'a> {
             &src,
             &paths,
             self.config.maintenance.archive_timeout,
+            a.format,
         )
         .await;
         ledger::finish(&*self.client, id, &result_outcome(&paths, &result)).await?;
@@ -408,7 +410,8 @@ impl<'a> Executor<'a> {
         }
         // In the store, the version must be absent (to be uploaded) or this very archive.
         if let Some(store) = self.store()? {
-            let (data, manifest) = (store.key(&paths.data), store.key(&paths.manifest));
+            let data = store.key(&paths.dir.join(&m.file));
+            let manifest = store.key(&paths.manifest);
             if store.exists(&data).await? || store.exists(&manifest).await? {
                 store
                     .verify(&data, &manifest, &m, &scratch(paths))

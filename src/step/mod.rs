@@ -98,6 +98,8 @@ pub(crate) struct ArchiveWork {
     pub dir: PathBuf,
     /// The latest archive found when planning, tried first.
     pub reuse: Option<archive::Paths>,
+    /// The format of a new archive.
+    pub format: archive::DataFormat,
 }
 
 /// One statement of a transaction.
@@ -289,7 +291,7 @@ impl Step {
                     s,
                     "COPY {} TO STDOUT; -- zstd into {} (or the next free version, unless that archive verifies and holds exactly these rows) with its manifest",
                     a.partition.quoted(),
-                    paths.data.display()
+                    paths.data_file(a.format).display()
                 );
             }
             Work::Verify => {

@@ -12,7 +12,7 @@ use crate::support::{TestDb, catalog_dump, partwarden, path_str};
 /// Rows put in each old partition.
 pub(crate) const ROWS: i64 = 5000;
 
-fn month_start(back: u32) -> DateTime<Utc> {
+pub(crate) fn month_start(back: u32) -> DateTime<Utc> {
     Interval::Monthly.floor(Utc::now()) - Months::new(back)
 }
 

@@ -11,6 +11,7 @@ mod ha;
 mod lifecycle;
 mod nothing_lost;
 mod odds;
+mod parquet;
 mod pg;
 mod security;
 mod store;

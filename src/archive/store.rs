@@ -118,6 +118,26 @@ impl Store {
         }
     }
 
+    /// Whether the object `key` holds exactly the bytes of `local`: `None` when there is no
+    /// such object. The object is read back through `scratch`.
+    pub async fn holds(
+        &self,
+        key: &Key,
+        local: &Path,
+        scratch: &Path,
+    ) -> Result<Option<bool>, ArchiveError> {
+        if !self.exists(key).await? {
+            return Ok(None);
+        }
+        super::create_private_dir(scratch)?;
+        let theirs = scratch.join("existing");
+        let _ = tokio::fs::remove_file(&theirs).await;
+        self.download(key, &theirs).await?;
+        let same = sha256_of(&theirs).await? == sha256_of(local).await?;
+        let _ = tokio::fs::remove_file(&theirs).await;
+        Ok(Some(same))
+    }
+
     /// Uploads `local` under `key` with a streaming multipart upload, unless an object is
     /// there: with the same SHA-256 it is kept, with other content it is an error.
     pub async fn upload(
@@ -127,11 +147,7 @@ impl Store {
         scratch: &Path,
     ) -> Result<Uploaded, ArchiveError> {
         let url = self.url_of(key);
-        if self.exists(key).await? {
-            let theirs = scratch.join("existing");
-            self.download(key, &theirs).await?;
-            let same = sha256_of(&theirs).await? == sha256_of(local).await?;
-            let _ = tokio::fs::remove_file(&theirs).await;
+        if let Some(same) = self.holds(key, local, scratch).await? {
             if same {
                 return Ok(Uploaded::AlreadyThere);
             }
@@ -265,6 +281,7 @@ impl Store {
         let data_key = self.key(&data);
         let manifest_key = self.key(&paths.manifest);
         let a = self.upload(&data, &data_key, scratch).await?;
+        crate::fault::point("between_uploads");
         let b = self.upload(&paths.manifest, &manifest_key, scratch).await?;
         crate::fault::point("after_upload");
         self.verify(&data_key, &manifest_key, manifest, scratch)

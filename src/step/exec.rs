@@ -410,16 +410,29 @@ impl<'a> Executor<'a> {
         }
         // In the store, the version must be absent (to be uploaded) or this very archive.
         if let Some(store) = self.store()? {
-            let data = store.key(&paths.dir.join(&m.file));
+            let local = paths.dir.join(&m.file);
+            let data = store.key(&local);
             let manifest = store.key(&paths.manifest);
-            if store.exists(&data).await? || store.exists(&manifest).await? {
-                store
-                    .verify(&data, &manifest, &m, &scratch(paths))
-                    .await
-                    .map_err(|e| {
-                        StepError::Refused(format!("its copy in the store does not verify: {e}"))
-                    })?;
+            let scratch = scratch(paths);
+            let checked = async {
+                if store.exists(&manifest).await? {
+                    // Published there: both objects must verify in the store.
+                    store.verify(&data, &manifest, &m, &scratch).await
+                } else if store.holds(&data, &local, &scratch).await? == Some(false) {
+                    // A data object without a manifest that is not this file.
+                    Err(archive::ArchiveError::Mismatch {
+                        path: store.url_of(&data).into(),
+                        message: "an object with other content exists under this key".into(),
+                    })
+                } else {
+                    Ok(())
+                }
             }
+            .await;
+            let _ = std::fs::remove_dir_all(&scratch);
+            checked.map_err(|e| {
+                StepError::Refused(format!("its copy in the store cannot be this archive: {e}"))
+            })?;
         }
         Ok(m)
     }

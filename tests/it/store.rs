@@ -229,3 +229,36 @@ async fn wrong_credentials_keep_the_table_and_no_secret_leaves() {
     assert!(!env.contains("partwarden-test-secret"), "{env}");
     assert!(!env.contains("AWS_SECRET_ACCESS_KEY"), "{env}");
 }
+
+/// A pass killed between the two uploads (the data object in the store, its manifest not):
+/// the next pass finds the data object identical, uploads the manifest, verifies both in the
+/// store and drops.
+#[tokio::test]
+async fn a_pass_killed_between_the_two_uploads_is_finished_by_the_next() {
+    let s3 = s3_server();
+    let bucket = "pw-between";
+    s3.create_bucket(bucket);
+    let db = TestDb::new("store_between").await;
+    let config = history(&db, &[8, 2], "", "").await;
+    to_store(&config, bucket, "");
+    let before = rows_hash(&db, &month_name(8)).await;
+    let env = env(s3);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("PARTWARDEN_FAILPOINT", "between_uploads"));
+    let (code, _, _) = partwarden(&["--config", path_str(&config), "--run-once"], &env);
+    assert_ne!(code, 0);
+    let stem = format!("odds/public.market_odds_history/public.{}", month_name(8));
+    assert_eq!(keys_of(s3, bucket), [format!("{stem}.pgcopy.zst")]);
+    assert_eq!(rows_hash(&db, &month_name(8)).await, before);
+
+    let (code, out, err) = run(&config, s3, &["--run-once"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!db.exists(&month_name(8)).await);
+    assert_eq!(
+        keys_of(s3, bucket),
+        [
+            format!("{stem}.manifest.json"),
+            format!("{stem}.pgcopy.zst")
+        ]
+    );
+}

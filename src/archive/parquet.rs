@@ -17,6 +17,7 @@
 //! must be the manifest's, or the load is rolled back. So a round trip is proved identical,
 //! byte for byte as PostgreSQL prints the rows, not assumed.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -44,7 +45,7 @@ use super::{ArchiveError, ManifestColumn};
 /// Rows per record batch and row group.
 pub const BATCH_ROWS: usize = 64 * 1024;
 /// zstd level of the column chunks.
-const ZSTD: i32 = 6;
+const ZSTD: i32 = 3;
 /// How the manifest names the typed digest's algorithm.
 pub const TYPED_DIGEST_PREFIX: &str = "sha256-sum-typed:";
 
@@ -100,17 +101,17 @@ impl Kind {
 
 /// One value, typed.
 #[derive(Clone, Debug, PartialEq)]
-enum Value {
+enum Value<'a> {
     Null,
     I64(i64),
     F64(f64),
     F32(f32),
     Bool(bool),
     Micros(i64),
-    Text(String),
+    Text(Cow<'a, str>),
 }
 
-impl Value {
+impl Value<'_> {
     /// The canonical bytes of the typed digest: a tag, then the value.
     fn hash_into(&self, h: &mut Sha256) {
         match self {
@@ -151,8 +152,13 @@ fn schema(columns: &[ManifestColumn]) -> Arc<Schema> {
 }
 
 /// PostgreSQL's COPY text escapes decoded (`\\`, `\b`, `\f`, `\n`, `\r`, `\t`, `\v`, and the
-/// octal and hex forms COPY FROM also reads).
-fn unescape(field: &[u8]) -> Result<String, String> {
+/// octal and hex forms COPY FROM also reads); borrowed when there is none.
+fn unescape(field: &[u8]) -> Result<Cow<'_, str>, String> {
+    if memchr::memchr(b'\\', field).is_none() {
+        return std::str::from_utf8(field)
+            .map(Cow::Borrowed)
+            .map_err(|_| "a text value is not UTF-8".to_string());
+    }
     let mut out = Vec::with_capacity(field.len());
     let mut i = 0;
     while i < field.len() {
@@ -194,7 +200,9 @@ fn unescape(field: &[u8]) -> Result<String, String> {
             other => out.push(other),
         }
     }
-    String::from_utf8(out).map_err(|_| "a text value is not UTF-8".to_string())
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| "a text value is not UTF-8".to_string())
 }
 
 /// The COPY text of a string: the escapes PostgreSQL itself writes.
@@ -255,7 +263,7 @@ fn parse_timestamptz(s: &str) -> Result<i64, String> {
     Ok(naive.and_utc().timestamp_micros() - offset_secs * 1_000_000)
 }
 
-fn parse(kind: Kind, field: &[u8]) -> Result<Value, String> {
+fn parse(kind: Kind, field: &[u8]) -> Result<Value<'_>, String> {
     if field == b"\\N" {
         return Ok(Value::Null);
     }
@@ -366,7 +374,6 @@ pub struct Writer<W: Write + Send> {
     carry: Vec<u8>,
     in_batch: usize,
     typed: ContentDigest,
-    values: Vec<Value>,
 }
 
 impl<W: Write + Send> Writer<W> {
@@ -374,10 +381,19 @@ impl<W: Write + Send> Writer<W> {
     pub fn new(columns: &[ManifestColumn], out: W) -> Result<Writer<W>, String> {
         let kinds: Vec<Kind> = columns.iter().map(|c| Kind::of(&c.data_type)).collect();
         let schema = schema(columns);
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(ZSTD).map_err(|e| e.to_string())?,
-            ))
+        let mut props = WriterProperties::builder().set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(ZSTD).map_err(|e| e.to_string())?,
+        ));
+        // Keys and instants mostly grow row by row: delta encoding stores them in a few bits.
+        for (c, k) in columns.iter().zip(&kinds) {
+            if matches!(k, Kind::Int64 | Kind::TimestampTz) {
+                let path = parquet::schema::types::ColumnPath::from(c.name.as_str());
+                props = props
+                    .set_column_dictionary_enabled(path.clone(), false)
+                    .set_column_encoding(path, parquet::basic::Encoding::DELTA_BINARY_PACKED);
+            }
+        }
+        let props = props
             .set_max_row_group_size(BATCH_ROWS)
             .set_created_by(format!("partwarden {}", env!("CARGO_PKG_VERSION")))
             .build();
@@ -391,7 +407,6 @@ impl<W: Write + Send> Writer<W> {
             carry: Vec::new(),
             in_batch: 0,
             typed: ContentDigest::new(),
-            values: Vec::new(),
         })
     }
 
@@ -413,21 +428,20 @@ impl<W: Write + Send> Writer<W> {
     }
 
     fn row(&mut self, line: &[u8]) -> Result<(), String> {
-        self.values.clear();
+        let mut h = Sha256::new();
+        let mut n = 0;
         for (i, field) in line.split(|b| *b == b'\t').enumerate() {
             let kind = *self
                 .kinds
                 .get(i)
                 .ok_or("a row has more fields than the table has columns")?;
-            self.values.push(parse(kind, field)?);
-        }
-        if self.values.len() != self.kinds.len() {
-            return Err("a row has fewer fields than the table has columns".into());
-        }
-        let mut h = Sha256::new();
-        for (v, b) in self.values.iter().zip(self.builders.iter_mut()) {
+            let v = parse(kind, field)?;
             v.hash_into(&mut h);
-            b.push(v)?;
+            self.builders[i].push(&v)?;
+            n += 1;
+        }
+        if n != self.kinds.len() {
+            return Err("a row has fewer fields than the table has columns".into());
         }
         self.typed.add_row_hash(&h.finalize());
         self.in_batch += 1;
@@ -530,7 +544,7 @@ fn read_rows(
     ))
 }
 
-fn value_at(a: &dyn Array, kind: Kind, r: usize) -> Option<Value> {
+fn value_at(a: &dyn Array, kind: Kind, r: usize) -> Option<Value<'_>> {
     if a.is_null(r) {
         return Some(Value::Null);
     }
@@ -545,7 +559,7 @@ fn value_at(a: &dyn Array, kind: Kind, r: usize) -> Option<Value> {
         Kind::TimestampTz => {
             Value::Micros(any.downcast_ref::<TimestampMicrosecondArray>()?.value(r))
         }
-        Kind::Text => Value::Text(any.downcast_ref::<StringArray>()?.value(r).to_string()),
+        Kind::Text => Value::Text(Cow::Borrowed(any.downcast_ref::<StringArray>()?.value(r))),
     })
 }
 
@@ -671,7 +685,8 @@ mod tests {
         assert_eq!(parse(Kind::Float64, b"1e-05").unwrap(), Value::F64(1e-5));
         assert_eq!(parse(Kind::Int32, b"\\N").unwrap(), Value::Null);
         for x in [0.1, 1.0 / 3.0, 1e300, -2.5e-308, 123456789.125] {
-            let v = parse(Kind::Float64, float_text(x).as_bytes()).unwrap();
+            let text = float_text(x);
+            let v = parse(Kind::Float64, text.as_bytes()).unwrap();
             assert_eq!(v, Value::F64(x));
         }
     }

@@ -270,15 +270,28 @@ impl<'a> Expiry<'a> {
                     .recording(ledger(Step::Archive))
                     .if_it_fails("archive failed, the table stays detached and intact"),
                 );
-                dispose.push(
-                    PlanStep::of(
-                        format!("verify {p}"),
-                        "nothing is dropped unverified",
-                        Work::Verify,
-                    )
-                    .recording(ledger(Step::Verify))
-                    .if_it_fails("archive did not verify, the table stays detached and intact"),
-                );
+                match &config.maintenance.archive_store {
+                    // Verified where it will live: read back from the store.
+                    Some(store) => dispose.push(
+                        PlanStep::of(
+                            format!("upload {p}"),
+                            format!(
+                                "archive_dir is {}: uploaded, then read back from the store and verified there",
+                                store.url()
+                            ),
+                            Work::Upload,
+                        )
+                        .recording(ledger(Step::Upload))
+                        .if_it_fails(
+                            "the archive is not in the object store, verified; the table stays detached and intact, and the next pass retries",
+                        ),
+                    ),
+                    None => dispose.push(
+                        PlanStep::of(format!("verify {p}"), "nothing is dropped unverified", Work::Verify)
+                            .recording(ledger(Step::Verify))
+                            .if_it_fails("archive did not verify, the table stays detached and intact"),
+                    ),
+                }
                 if let Some(command) = &config.maintenance.archive_command {
                     dispose.push(
                         PlanStep::of(
@@ -290,19 +303,6 @@ impl<'a> Expiry<'a> {
                         )
                         .recording(ledger(Step::Ship))
                         .if_it_fails("archive_command failed, the table stays detached and is retried next pass"),
-                    );
-                }
-                if let Some(store) = &config.maintenance.archive_store {
-                    dispose.push(
-                        PlanStep::of(
-                            format!("upload {p}"),
-                            format!("archive_dir is {}", store.url()),
-                            Work::Upload,
-                        )
-                        .recording(ledger(Step::Upload))
-                        .if_it_fails(
-                            "the archive is not in the object store, verified; the table stays detached and intact, and the next pass retries",
-                        ),
                     );
                 }
                 dispose.push(drop(
@@ -367,7 +367,7 @@ impl<'a> Expiry<'a> {
                 fault::pause("before_drop").await;
             }
             written += exec.run(step).await?.archive_bytes;
-            if matches!(step.work, Work::Verify) {
+            if matches!(step.work, Work::Verify | Work::Upload) {
                 fault::point("after_verify");
             }
         }

@@ -446,8 +446,10 @@ impl<'a> Executor<'a> {
     }
 
     async fn upload(&mut self, step: &Step) -> Result<Done, StepError> {
-        let Some(a) = self.archived.clone().filter(|a| a.verified) else {
-            return Err(StepError::Refused("no verified archive to upload".into()));
+        // Written (and, when reused, verified) locally; it is verified where it matters, in
+        // the store, below.
+        let Some(a) = self.archived.clone() else {
+            return Err(StepError::Refused("no archive to upload".into()));
         };
         let Some(store) = self.store()? else {
             return Err(StepError::Refused("no object store is configured".into()));
@@ -457,9 +459,32 @@ impl<'a> Executor<'a> {
             _ => None,
         };
         let scratch = scratch(&a.paths);
+        let client = &*self.client;
         let result = async {
             archive::create_private_dir(&scratch)?;
-            store.publish(&a.paths, &a.manifest, &scratch).await
+            let published = store.publish(&a.paths, &a.manifest, &scratch).await?;
+            // And as many rows as the table (the drop compares the content under its lock).
+            let count: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {}", a.partition.quoted()),
+                    &[],
+                )
+                .await
+                .map_err(|source| archive::ArchiveError::Db {
+                    what: "counting the table's rows",
+                    source,
+                })?
+                .get(0);
+            if count as u64 != a.manifest.rows {
+                return Err(archive::ArchiveError::Mismatch {
+                    path: published.0.clone().into(),
+                    message: format!(
+                        "archive has {} rows, table {} has {count}",
+                        a.manifest.rows, a.partition
+                    ),
+                });
+            }
+            Ok(published)
         }
         .await;
         let _ = std::fs::remove_dir_all(&scratch);
@@ -478,6 +503,10 @@ impl<'a> Executor<'a> {
         }
         let (url, written) = result?;
         tracing::info!(object = %url, written, "archive in the object store, verified there");
+        self.archived = Some(Archived {
+            verified: true,
+            ..a.clone()
+        });
         Ok(Done {
             rows: a.manifest.rows,
             ..Done::default()

@@ -167,6 +167,22 @@ async fn run() {
         (archive::DataFormat::Copy, true),
         (archive::DataFormat::Parquet, true),
     ] {
+        // `--only parquet-store` (or copy-disk, parquet-disk, copy-store) runs one variant, so
+        // that its peak RSS is its own.
+        let variant = format!(
+            "{}-{}",
+            if format == archive::DataFormat::Copy {
+                "copy"
+            } else {
+                "parquet"
+            },
+            if to_store { "store" } else { "disk" }
+        );
+        if let Some(only) = std::env::args().skip_while(|a| a != "--only").nth(1)
+            && only != variant
+        {
+            continue;
+        }
         // The peak RSS of each variant on its own: reset the high-water mark before it.
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         for name in ["bench_1m", "bench_4m"] {
@@ -241,6 +257,9 @@ async fn run() {
         }
     }
     println!();
+    if results.is_empty() {
+        return;
+    }
     let (_, _, _, t1, s1, rss1) = results[0];
     println!(
         "1M rows, COPY on disk: {:.2} s vs pg_dump -Fc {:.2} s ({:.2}x); size {:.1} MB vs {:.1} MB ({:.2}x)",

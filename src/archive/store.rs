@@ -28,9 +28,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{ArchiveError, Paths};
 use crate::config::StoreConfig;
 
-/// Size of each uploaded part (S3's minimum is 5 MiB).
-const PART_BYTES: usize = 8 << 20;
-/// Parts in flight at most, so memory stays at a few parts.
+/// Size of each uploaded part: S3's minimum, 5 MiB.
+const PART_BYTES: usize = 5 << 20;
+/// Parts in flight at most. Memory for an upload is bounded by PART_BYTES x (PARTS_IN_FLIGHT
+/// + 1), 15 MiB, whatever the archive's size.
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// An opened object store and where partwarden's archives go in it.

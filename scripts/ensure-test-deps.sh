@@ -4,7 +4,8 @@
 # OS user when running as root (PostgreSQL refuses to run as root); systemd-analyze, to verify
 # the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong;
 # moto's S3 server (`moto[server]` from PyPI, pinned), the real S3 API of the archive tests;
-# DuckDB's Python package (pinned), which reads the Parquet archives in a test.
+# DuckDB's Python package (pinned), which reads the Parquet archives in a test; Prometheus
+# and promtool (Debian's prometheus package), for the alert rules and the scrape test.
 # Prints what it found.
 set -euo pipefail
 if ! command -v initdb >/dev/null 2>&1; then
@@ -47,8 +48,15 @@ if ! command -v moto_server >/dev/null 2>&1; then
     ln -sf "$bin/moto_server" /usr/local/bin/moto_server
   fi
 fi
+if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing prometheus (prometheus, promtool)" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # The package starts its own server; the tests start theirs.
+  (systemctl disable --now prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
 if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
   echo "ensure-test-deps: installing duckdb (Python) from PyPI" >&2
   python3 -m pip install -q --disable-pip-version-check 'duckdb==1.4.2' >/dev/null
 fi
-echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1); moto $(python3 -c 'import moto; print(moto.__version__)'); duckdb $(python3 -c 'import duckdb; print(duckdb.__version__)')" >&2
+echo "ensure-test-deps: $(initdb --version); $(systemd-analyze --version | head -n 1); moto $(python3 -c 'import moto; print(moto.__version__)'); duckdb $(python3 -c 'import duckdb; print(duckdb.__version__)'); $(promtool --version 2>&1 | head -n 1)" >&2

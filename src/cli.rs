@@ -8,10 +8,21 @@ use clap::{Parser, ValueEnum};
 
 use crate::ident::QualifiedName;
 
+/// The git commit this binary was built from (`unknown` outside a git checkout).
+pub const COMMIT: &str = env!("PARTWARDEN_COMMIT");
+
+/// `--version`: the version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PARTWARDEN_COMMIT"),
+    ")"
+);
+
 /// Keeps a PostgreSQL odds store's partitions ahead of time, expires old ones with verified
 /// archives, and checks routing and index health.
 #[derive(Debug, Parser)]
-#[command(name = "partwarden", version, about, long_about = None)]
+#[command(name = "partwarden", version = VERSION, about, long_about = None)]
 #[command(
     after_help = "Exit codes: 0 success, 1 the operation failed, 2 usage error, 78 configuration error.\n\
 --check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.\n\

@@ -40,6 +40,16 @@ pub static LAST_SUCCESS_UNIX: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 static RUNWAY: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// 1 when the table's DEFAULT partition holds rows, per table.
 static DEFAULT_HAS_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// The configured premake, per table.
+static PREMAKE: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// When writes start failing for want of a partition (Unix time), per table.
+static WRITES_FAIL_AT: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// Expiry steps that failed (archive, verify, upload, ship, drop, ...).
+pub static EXPIRY_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Seconds between two maintenance passes on the schedule.
+pub static SCHEDULE_PERIOD: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Always 1, labelled with the version and the commit this binary was built from.
+static BUILD_INFO: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 
 /// The registry every metric above is in, in the order they are exposed.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
@@ -53,6 +63,31 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "partwarden_default_partition_has_rows",
         "1 when the table's DEFAULT partition holds rows.",
         DEFAULT_HAS_ROWS.clone(),
+    );
+    r.register(
+        "partwarden_premake_periods",
+        "Periods after the current one the table is configured to keep ready (premake).",
+        PREMAKE.clone(),
+    );
+    r.register(
+        "partwarden_writes_fail_at_timestamp_seconds",
+        "Unix time from which writes fail for want of a partition (the end of the runway); absent when a partition or DEFAULT catches everything.",
+        WRITES_FAIL_AT.clone(),
+    );
+    r.register(
+        "partwarden_schedule_period_seconds",
+        "Seconds between two maintenance passes on the schedule.",
+        (*SCHEDULE_PERIOD).clone(),
+    );
+    r.register(
+        "partwarden_expiry_failures",
+        "Expiry steps that failed; the partition stays detached and intact and the next pass retries.",
+        (*EXPIRY_FAILURES).clone(),
+    );
+    r.register(
+        "partwarden_build_info",
+        "Always 1: the version and the git commit of this binary.",
+        BUILD_INFO.clone(),
     );
     r.register(
         "partwarden_last_successful_pass_timestamp_seconds",
@@ -93,8 +128,23 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
 });
 
 /// Records the gauges of one table after a pass.
-pub fn set_table(table: &str, runway_periods: u32, default_has_rows: bool) {
+pub fn set_table(
+    table: &str,
+    premake: u32,
+    runway_periods: u32,
+    writes_fail_at: Option<i64>,
+    default_has_rows: bool,
+) {
     let labels: Labels = vec![("table", table.to_string())];
+    PREMAKE.get_or_create(&labels).set(i64::from(premake));
+    match writes_fail_at {
+        Some(t) => {
+            WRITES_FAIL_AT.get_or_create(&labels).set(t);
+        }
+        None => {
+            WRITES_FAIL_AT.remove(&labels);
+        }
+    }
     RUNWAY.get_or_create(&labels).set(i64::from(runway_periods));
     DEFAULT_HAS_ROWS
         .get_or_create(&labels)
@@ -115,6 +165,12 @@ pub fn add(counter: &Counter, n: u64) {
 
 /// The exposition text (OpenMetrics).
 pub fn render() -> String {
+    let _ = BUILD_INFO
+        .get_or_create(&vec![
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("commit", crate::cli::COMMIT.to_string()),
+        ])
+        .set(1);
     // Every result shows from the start, at 0, so that alerts on rates see a series.
     for result in ["ok", "failed", "skipped"] {
         let _ = PASSES.get_or_create(&vec![("result", result.to_string())]);

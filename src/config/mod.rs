@@ -130,6 +130,8 @@ impl fmt::Debug for DatabaseConfig {
 pub struct MaintenanceConfig {
     /// Cron expression with a seconds field, already checked with the scheduler's own parser.
     pub schedule: String,
+    /// The longest time between two ticks of `schedule`.
+    pub schedule_period: Duration,
     /// Directory receiving archives of expired partitions; with an object store, the spool
     /// directory where they are written and checked before they are uploaded.
     pub archive_dir: PathBuf,

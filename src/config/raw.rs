@@ -239,7 +239,7 @@ impl RawDatabase {
 
 impl RawMaintenance {
     fn validate(self, base: &Path) -> Result<MaintenanceConfig, String> {
-        croner::parser::CronParser::builder()
+        let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Required)
             .dom_and_dow(true)
             .build()
@@ -311,8 +311,23 @@ impl RawMaintenance {
                 ));
             }
         };
+        // The longest gap between the next 50 ticks: what "a pass is overdue" is measured by.
+        let mut schedule_period = Duration::ZERO;
+        let mut t = chrono::Utc::now();
+        let mut prev: Option<chrono::DateTime<chrono::Utc>> = None;
+        for _ in 0..50 {
+            let Ok(next) = cron.find_next_occurrence(&t, false) else {
+                break;
+            };
+            if let Some(p) = prev {
+                schedule_period = schedule_period.max((next - p).to_std().unwrap_or_default());
+            }
+            prev = Some(next);
+            t = next;
+        }
         Ok(MaintenanceConfig {
             schedule: self.schedule,
+            schedule_period,
             archive_dir,
             archive_store,
             archive_format,

@@ -168,6 +168,7 @@ impl Daemon {
             self.reconnect_pending = true;
         }
         self.config = new;
+        metrics::SCHEDULE_PERIOD.set(self.config.maintenance.schedule_period.as_secs() as i64);
         if self.reconnect_pending && self.running.is_none() {
             self.reconnect_pending = false;
             reconnect(&mut self.client, &mut self.role, &mut self.next_attempt);

@@ -180,6 +180,7 @@ pub async fn run(
     let mut probe_tick = tokio::time::interval(PROBE_EVERY);
     probe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(schedule = %config.maintenance.schedule, tables = config.tables.len(), "partwarden daemon starting");
+    metrics::SCHEDULE_PERIOD.set(config.maintenance.schedule_period.as_secs() as i64);
 
     let mut d = Daemon {
         config_path,

@@ -168,6 +168,11 @@ pub(super) async fn update_gauges(client: &Client, config: &Config, report: &pas
             Err(_) => false,
         };
         let periods = tr.runway.as_ref().map_or(0, |r| r.periods_ahead);
-        metrics::set_table(&tr.table, periods, has_rows);
+        let fail_at = tr
+            .runway
+            .as_ref()
+            .and_then(|r| r.writes_fail_from)
+            .map(|t| t.timestamp());
+        metrics::set_table(&tr.table, table.premake, periods, fail_at, has_rows);
     }
 }

@@ -95,6 +95,7 @@ pub(super) async fn expire_table(
                     transient = e.is_transient(),
                     "expiry step failed"
                 );
+                metrics::add(&metrics::EXPIRY_FAILURES, 1);
                 tr.errors.push(format!("{}: {e}", task.partition));
             }
         }

@@ -32,13 +32,13 @@ fn daemon_config(db: &TestDb, extra: &str) -> PathBuf {
     config
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
+    pub(crate) fn start(config: &Path, log: PathBuf, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_partwarden"));
         cmd.args(["--config", path_str(config)])
             .env("RUST_LOG", "info")
@@ -56,7 +56,7 @@ impl Daemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

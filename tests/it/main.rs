@@ -9,6 +9,7 @@ mod daemon;
 mod faults;
 mod ha;
 mod lifecycle;
+mod monitoring;
 mod nothing_lost;
 mod odds;
 mod parquet;

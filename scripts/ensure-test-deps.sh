@@ -5,7 +5,8 @@
 # the unit files; faketime (libfaketime), to run the binary with a host clock that is wrong;
 # moto's S3 server (`moto[server]` from PyPI, pinned), the real S3 API of the archive tests;
 # DuckDB's Python package (pinned), which reads the Parquet archives in a test; Prometheus
-# and promtool (Debian's prometheus package), for the alert rules and the scrape test.
+# and promtool (Debian's prometheus package), for the alert rules and the scrape test;
+# cargo-deb (crates.io, pinned) and lintian, for the package test.
 # Prints what it found.
 set -euo pipefail
 if ! command -v initdb >/dev/null 2>&1; then
@@ -54,6 +55,15 @@ if ! command -v promtool >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
   # The package starts its own server; the tests start theirs.
   (systemctl disable --now prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
+if ! command -v lintian >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing lintian" >&2
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "ensure-test-deps: installing cargo-deb 3.8.0 from crates.io" >&2
+  cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
 if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
   echo "ensure-test-deps: installing duckdb (Python) from PyPI" >&2

@@ -70,6 +70,46 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+
+    /// Print the man page or a shell's completions on stdout and exit (for packaging).
+    #[arg(long, value_enum, value_name = "WHAT", hide = true, exclusive = true)]
+    pub generate: Option<Generate>,
+}
+
+/// What `--generate` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Generate {
+    /// The man page (roff), section 1.
+    Man,
+    /// bash completions.
+    Bash,
+    /// zsh completions.
+    Zsh,
+    /// fish completions.
+    Fish,
+}
+
+impl Generate {
+    /// Writes it to `out`.
+    pub fn write(self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        use clap::CommandFactory;
+        let mut cmd = Args::command();
+        match self {
+            Generate::Man => clap_mangen::Man::new(cmd).render(out),
+            Generate::Bash => {
+                clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "partwarden", out);
+                Ok(())
+            }
+            Generate::Zsh => {
+                clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, "partwarden", out);
+                Ok(())
+            }
+            Generate::Fish => {
+                clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, "partwarden", out);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Output format of reports.

@@ -18,6 +18,15 @@ const EXIT_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(what) = args.generate {
+        return match what.write(&mut std::io::stdout()) {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(e) => {
+                eprintln!("partwarden: --generate: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        };
+    }
     let mode = args.mode();
     let config = match Config::load(&args.config) {
         Ok(c) => c,

@@ -183,19 +183,24 @@ where
 
 async fn setup_session(client: &Client, db: &DatabaseConfig) -> Result<(), tokio_postgres::Error> {
     let statement_timeout = format!("{}ms", db.statement_timeout.as_millis());
+    let lock_timeout = format!("{}ms", db.lock_timeout.as_millis());
     // UTC and ISO dates: bounds and archived timestamps are always written with +00 and read
     // back unambiguously. Exact float output, so an archive restores bit for bit. A backend
     // whose client vanished (killed, network gone) stops its statement within a second instead
     // of holding locks until it finishes (PostgreSQL 14+). Notices (`... already exists,
-    // skipping`) are not news to an operator: only warnings and errors come back.
+    // skipping`) are not news to an operator: only warnings and errors come back. Every
+    // statement, catalog reads included, waits at most lock_timeout for a lock: a pass or
+    // --check never queues behind a session holding a table (pg_get_expr takes AccessShareLock
+    // on each partition, which `LOCK TABLE parent` holds exclusively).
     client
         .execute(
             "SELECT set_config('TimeZone', 'UTC', false), set_config('DateStyle', 'ISO, MDY', false), \
                     set_config('IntervalStyle', 'postgres', false), set_config('extra_float_digits', '3', false), \
                                         set_config('bytea_output', 'hex', false), set_config('statement_timeout', $1, false), \
                     set_config('client_connection_check_interval', '1s', false), \
-                    set_config('client_min_messages', 'warning', false)",
-            &[&statement_timeout],
+                    set_config('client_min_messages', 'warning', false), \
+                    set_config('lock_timeout', $2, false)",
+            &[&statement_timeout, &lock_timeout],
         )
         .await?;
     Ok(())

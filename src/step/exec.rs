@@ -265,6 +265,7 @@ impl<'a> Executor<'a> {
         };
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         let session = ms(self.config.database.statement_timeout);
+        let session_lock = ms(self.config.database.lock_timeout);
         let result = async {
             client
                 .execute(
@@ -274,9 +275,11 @@ impl<'a> Executor<'a> {
                 .await?;
             let r = client.batch_execute(sql).await;
             client
-                .execute("SELECT set_config('statement_timeout', $1, false)", &[&session])
+                .execute(
+                    "SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)",
+                    &[&session, &session_lock],
+                )
                 .await?;
-            client.batch_execute("RESET lock_timeout").await?;
             Ok::<_, tokio_postgres::Error>(r)
         }
         .await?;

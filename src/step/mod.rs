@@ -277,9 +277,10 @@ impl Step {
             Work::Concurrently { sql, bound } => {
                 let _ = writeln!(
                     s,
-                    "SET lock_timeout = 0; SET statement_timeout = '{}ms'; -- its waits do not block writers\n{sql};\nSET statement_timeout = '{}ms'; RESET lock_timeout;",
+                    "SET lock_timeout = 0; SET statement_timeout = '{}ms'; -- its waits do not block writers\n{sql};\nSET statement_timeout = '{}ms'; SET lock_timeout = '{}ms';",
                     bound.duration(config).as_millis(),
-                    config.database.statement_timeout.as_millis()
+                    config.database.statement_timeout.as_millis(),
+                    config.database.lock_timeout.as_millis()
                 );
             }
             Work::Archive(a) => {

@@ -659,12 +659,22 @@ kill $pid; wait $pid
                 "prometheus did not start (is Debian's prometheus package installed?): {first}{rest}"
             );
         }
-        Prometheus {
+        let prometheus = Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             port,
             _dir: dir,
             _guardian: Mutex::new(child.stdin.take().expect("stdin")),
+        };
+        // Listening is not ready: queries answer 503 until the TSDB has started.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while prometheus.get("/-/ready").0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Prometheus did not become ready"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        prometheus
     }
 
     /// GET `path_and_query` (already URL-encoded) from its HTTP API: status and body.

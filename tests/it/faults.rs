@@ -11,7 +11,7 @@ use chrono::{DateTime, Months, Utc};
 use partwarden::period::Interval;
 use sha2::{Digest, Sha256};
 
-use crate::support::{TestDb, bootstrap_cli, partwarden, path_str};
+use crate::support::{TestDb, bootstrap_cli, bootstrapped, partwarden, path_str};
 
 const ROWS: i64 = 3000;
 
@@ -437,4 +437,42 @@ async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
         worst <= Duration::from_millis(250),
         "an insert waited {worst:?} (of {n})"
     );
+}
+
+/// A session holding ACCESS EXCLUSIVE on the history table (`LOCK TABLE`, which reaches every
+/// partition): a pass gives up after lock_timeout (and its retries) and `--check` answers,
+/// instead of queueing for statement_timeout behind it. Found while writing the Prometheus
+/// test: the catalog reads' `pg_get_expr` takes AccessShareLock on each partition, and the
+/// sessions had no lock_timeout outside DDL.
+#[tokio::test]
+async fn a_locked_table_delays_neither_a_pass_nor_check() {
+    let db = bootstrapped("locked_table").await;
+    let config = db.write_config("", "");
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE market_odds_history IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    let pass = started.elapsed();
+    let started = Instant::now();
+    let (check_code, check_out, _) = partwarden(&["--config", path_str(&config), "--check"], &[]);
+    let check = started.elapsed();
+    tx.rollback().await.unwrap();
+    // lock_timeout is 200 ms and lock_retry_for 3 s in the test configuration; the session's
+    // statement_timeout is 60 s.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        pass < Duration::from_secs(20),
+        "the pass took {pass:?}: {out}{err}"
+    );
+    assert!(
+        check < Duration::from_secs(20),
+        "--check took {check:?}: {check_out}"
+    );
+    assert_ne!(check_code, 0, "{check_out}");
+    // Unlocked, the next pass is clean.
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -137,17 +137,15 @@ async fn check_parquet(manifest_path: &Path, m: &Manifest) -> Result<u64, Archiv
     .expect("archive reader thread does not panic")
 }
 
-/// Loads a Parquet archive into `table` (in the caller's transaction): size and SHA-256
-/// first, then its rows as COPY text; then the loaded table is read back, and its content
-/// digest must be the manifest's (the rows are exactly those archived, as PostgreSQL prints
-/// them), else the caller's transaction is not to be committed.
-async fn copy_parquet_into(
+/// `COPY table (the manifest's columns) FROM STDIN` in the caller's transaction, fed by
+/// `read`, which runs in a blocking thread and sends the COPY text (or its error) on the
+/// channel it is given. Returns what `read` returned and the rows the server loaded.
+async fn copy_from<T: Send + 'static>(
     client: &tokio_postgres::Transaction<'_>,
-    manifest_path: &Path,
     m: &Manifest,
     table: &RelName,
-) -> Result<u64, ArchiveError> {
-    let data = data_path(manifest_path, m)?;
+    read: impl FnOnce(tokio::sync::mpsc::Sender<Result<Bytes, ArchiveError>>) -> T + Send + 'static,
+) -> Result<(T, u64), ArchiveError> {
     let cols = m
         .columns
         .iter()
@@ -161,8 +159,32 @@ async fn copy_parquet_into(
     futures_util::pin_mut!(sink);
     let (sender, mut receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, ArchiveError>>(CHANNEL_CHUNKS);
+    let reader = tokio::task::spawn_blocking(move || read(sender));
+    while let Some(chunk) = receiver.recv().await {
+        sink.send(chunk?).await.map_err(db("COPY FROM STDIN"))?;
+    }
+    let read = reader.await.expect("archive reader thread does not panic");
+    let loaded = sink
+        .as_mut()
+        .finish()
+        .await
+        .map_err(db("COPY FROM STDIN"))?;
+    Ok((read, loaded))
+}
+
+/// Loads a Parquet archive into `table` (in the caller's transaction): size and SHA-256
+/// first, then its rows as COPY text; then the loaded table is read back, and its content
+/// digest must be the manifest's (the rows are exactly those archived, as PostgreSQL prints
+/// them), else the caller's transaction is not to be committed.
+async fn copy_parquet_into(
+    client: &tokio_postgres::Transaction<'_>,
+    manifest_path: &Path,
+    m: &Manifest,
+    table: &RelName,
+) -> Result<u64, ArchiveError> {
+    let data = data_path(manifest_path, m)?;
     let (path, manifest) = (data.clone(), m.clone());
-    let reader = tokio::task::spawn_blocking(move || {
+    let (read, loaded) = copy_from(client, m, table, move |sender| {
         let result = (|| {
             check_bytes(&path, &manifest)?;
             let mut send = |chunk: Vec<u8>| {
@@ -179,16 +201,8 @@ async fn copy_parquet_into(
                 None
             }
         }
-    });
-    while let Some(chunk) = receiver.recv().await {
-        sink.send(chunk?).await.map_err(db("COPY FROM STDIN"))?;
-    }
-    let read = reader.await.expect("archive reader thread does not panic");
-    let loaded = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(db("COPY FROM STDIN"))?;
+    })
+    .await?;
     let mismatch = |message: String| ArchiveError::Mismatch {
         path: data.clone(),
         message,
@@ -288,21 +302,8 @@ pub async fn copy_into(
         return copy_parquet_into(client, manifest_path, m, table).await;
     }
     let data = data_path(manifest_path, m)?;
-    let cols = m
-        .columns
-        .iter()
-        .map(|c| crate::ident::quote_ident(&c.name))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sink = client
-        .copy_in(&format!("COPY {} ({cols}) FROM STDIN", table.quoted()))
-        .await
-        .map_err(db("COPY FROM STDIN"))?;
-    futures_util::pin_mut!(sink);
-    let (sender, mut receiver) =
-        tokio::sync::mpsc::channel::<Result<Bytes, ArchiveError>>(CHANNEL_CHUNKS);
     let path = data.clone();
-    let reader = tokio::task::spawn_blocking(move || {
+    let (read, loaded) = copy_from(client, m, table, move |sender| {
         let result = (|| {
             let file = File::open(&path).map_err(io("opening archive", &path))?;
             let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, file));
@@ -339,16 +340,8 @@ pub async fn copy_into(
                 None
             }
         }
-    });
-    while let Some(chunk) = receiver.recv().await {
-        sink.send(chunk?).await.map_err(db("COPY FROM STDIN"))?;
-    }
-    let read = reader.await.expect("archive reader thread does not panic");
-    let loaded = sink
-        .as_mut()
-        .finish()
-        .await
-        .map_err(db("COPY FROM STDIN"))?;
+    })
+    .await?;
     let Some((sha, bytes, counter, digest)) = read else {
         return Err(ArchiveError::Mismatch {
             path: data,

@@ -205,34 +205,24 @@ read _ignored || true
 run pg_ctl -D "$DIR/data" -m fast -w -t 20 stop || run pg_ctl -D "$DIR/data" -m immediate stop
 rm -rf "$DIR"
 "#;
-    // Never waited for on purpose: the guardian outlives this process to stop the server.
-    #[allow(clippy::zombie_processes)]
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .env("AS_ROOT", if as_root { "1" } else { "0" })
-        .env("DIR", &dir)
-        .env("PORT", port.to_string())
-        .env("OPTS", options)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the guardian shell");
-    let mut first = String::new();
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    out.read_line(&mut first).expect("guardian answers");
-    if first.trim() != "ready" {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-        panic!("PostgreSQL did not start: {first}{rest}");
-    }
+    let stdin = guardian(
+        "sh",
+        script,
+        [
+            ("AS_ROOT", if as_root { "1".into() } else { "0".into() }),
+            ("DIR", dir.display().to_string()),
+            ("PORT", port.to_string()),
+            ("OPTS", options.to_string()),
+        ],
+        "PostgreSQL",
+    );
     Server {
         host: "127.0.0.1".into(),
         port,
         user: "postgres".into(),
         password: None,
         dir: Some(dir),
-        _guardian: Some(Mutex::new(child.stdin.take().expect("stdin"))),
+        _guardian: Some(Mutex::new(stdin)),
     }
 }
 
@@ -420,6 +410,70 @@ pub async fn catalog_dump(client: &Client) -> String {
         .map(|r| r.get::<_, String>(0))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Starts `script` under `shell` as a guardian: it starts a server, prints `ready` (or
+/// `failed` and the server's log), then waits for its stdin to close and stops the server.
+/// Returns our end of its stdin; the server lives as long as it (and no longer than this
+/// process). Panics with `what` when the server did not start.
+pub(crate) fn guardian<K, V>(
+    shell: &str,
+    script: &str,
+    envs: impl IntoIterator<Item = (K, V)>,
+    what: &str,
+) -> ChildStdin
+where
+    K: AsRef<std::ffi::OsStr>,
+    V: AsRef<std::ffi::OsStr>,
+{
+    // Never waited for on purpose: the guardian outlives this process to stop the server.
+    #[allow(clippy::zombie_processes)]
+    let mut child = Command::new(shell)
+        .arg("-c")
+        .arg(script)
+        .envs(envs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start the guardian shell of {what}: {e}"));
+    let mut first = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    out.read_line(&mut first).expect("guardian answers");
+    if first.trim() != "ready" {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        panic!("{what} did not start: {first}{rest}");
+    }
+    child.stdin.take().expect("stdin")
+}
+
+/// One plain HTTP/1.1 request to 127.0.0.1:`port`: the status and the body (dechunked).
+pub(crate) fn http(port: u16, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server");
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    let head_text = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+    let status: u16 = head_text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let mut body = resp[end + 4..].to_vec();
+    if head_text.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
 }
 
 /// Decodes an HTTP/1.1 chunked body.

@@ -1,11 +1,9 @@
 //! A throwaway Prometheus for the alert and scrape tests.
 
-#![allow(clippy::zombie_processes)]
-use std::io::{BufRead, BufReader, Write};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::ChildStdin;
 use std::sync::Mutex;
 
-use crate::{dechunk, free_port};
+use crate::{free_port, guardian, http};
 
 /// A throwaway Prometheus (Debian's `prometheus` package) on a free port of 127.0.0.1, with
 /// the scrape configuration and rule files the test gives, its storage in a temporary
@@ -41,32 +39,21 @@ exec >/dev/null 2>&1
 read _ignored || true
 kill $pid; wait $pid
 "#;
-        #[allow(clippy::zombie_processes)]
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .env("CONFIG", &config_path)
-            .env("DIR", dir.path())
-            .env("PORT", port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start Prometheus's guardian shell");
-        let mut first = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        out.read_line(&mut first).expect("guardian answers");
-        if first.trim() != "ready" {
-            let mut rest = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-            panic!(
-                "prometheus did not start (is Debian's prometheus package installed?): {first}{rest}"
-            );
-        }
+        let stdin = guardian(
+            "bash",
+            script,
+            [
+                ("CONFIG", config_path.display().to_string()),
+                ("DIR", dir.path().display().to_string()),
+                ("PORT", port.to_string()),
+            ],
+            "prometheus (is Debian's prometheus package installed?)",
+        );
         let prometheus = Prometheus {
             url: format!("http://127.0.0.1:{port}"),
             port,
             _dir: dir,
-            _guardian: Mutex::new(child.stdin.take().expect("stdin")),
+            _guardian: Mutex::new(stdin),
         };
         // Listening is not ready: queries answer 503 until the TSDB has started.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -82,29 +69,7 @@ kill $pid; wait $pid
 
     /// GET `path_and_query` (already URL-encoded) from its HTTP API: status and body.
     pub fn get(&self, path_and_query: &str) -> (u16, String) {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("Prometheus");
-        let head = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).unwrap();
-        let end = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP response");
-        let head_text = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
-        let status: u16 = head_text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("a status code");
-        let mut body = resp[end + 4..].to_vec();
-        if head_text.contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
+        let (status, body) = http(self.port, "GET", path_and_query, b"");
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 

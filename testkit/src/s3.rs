@@ -1,11 +1,9 @@
 //! A throwaway S3-compatible server (moto) for the archive tests.
 
-#![allow(clippy::zombie_processes)]
-use std::io::{BufRead, BufReader, Write};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::ChildStdin;
 use std::sync::{Mutex, OnceLock};
 
-use crate::{dechunk, free_port};
+use crate::{free_port, guardian, http};
 
 /// A throwaway S3-compatible server: moto's server mode (`moto_server`, from PyPI's
 /// `moto[server]`) on a free port of 127.0.0.1. Real HTTP and the real S3 API (multipart
@@ -50,29 +48,21 @@ read _ignored || true
 kill $pid; wait $pid; rm -f "$LOG"
 "#;
         let log = std::env::temp_dir().join(format!("moto-{port}.log"));
-        #[allow(clippy::zombie_processes)]
-        let mut child = Command::new("bash")
-            .arg("-c")
-            .arg(script)
-            .env("PORT", port.to_string())
-            .env("LOG", &log)
-            .envs(moto_env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the S3 server's guardian shell");
-        let mut first = String::new();
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        out.read_line(&mut first).expect("guardian answers");
-        if first.trim() != "ready" {
-            let mut rest = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-            panic!("moto_server did not start (is `moto[server]` installed?): {first}{rest}");
-        }
+        let mut envs = vec![
+            ("PORT".to_string(), port.to_string()),
+            ("LOG".to_string(), log.display().to_string()),
+        ];
+        envs.extend(moto_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let stdin = guardian(
+            "bash",
+            script,
+            envs,
+            "moto_server (is `moto[server]` installed?)",
+        );
         S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             port,
-            _guardian: Mutex::new(child.stdin.take().expect("stdin")),
+            _guardian: Mutex::new(stdin),
         }
     }
 
@@ -93,32 +83,7 @@ kill $pid; wait $pid; rm -f "$LOG"
     /// Sends one plain HTTP/1.1 request (moto needs no signature) and returns the status and
     /// body.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
-        use std::io::Read;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("S3 server");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.port,
-            body.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(body).unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).unwrap();
-        let end = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("an HTTP response");
-        let status: u16 = String::from_utf8_lossy(&resp[..end])
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("a status code");
-        let head_text = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
-        let mut body = resp[end + 4..].to_vec();
-        if head_text.contains("transfer-encoding: chunked") {
-            body = dechunk(&body);
-        }
-        (status, body)
+        http(self.port, method, path, body)
     }
 
     /// Creates a bucket.

@@ -10,6 +10,8 @@
 //! (primary key, unique constraint) are reported but not repaired: that needs an operator.
 
 use serde::Serialize;
+use std::collections::HashMap;
+
 use tokio_postgres::GenericClient;
 
 use crate::catalog::{self, Index, RelName};
@@ -31,8 +33,9 @@ pub struct ChildIndex {
     pub live: bool,
     /// `indisunique`.
     pub unique: bool,
-    /// `pg_get_indexdef` from `USING` on.
-    pub definition: String,
+    /// `pg_get_indexdef` from `USING` on; `None` for an index attached to a parent index and
+    /// healthy, whose definition is its parent's (not read: it is the costly part of a read).
+    pub definition: Option<String>,
     /// A `CREATE INDEX` is building it right now (`pg_stat_progress_create_index`).
     pub building: bool,
 }
@@ -51,69 +54,155 @@ pub struct PartitionIndexes {
 pub struct IndexSnapshot {
     /// The parent's indexes.
     pub parent: Vec<Index>,
-    /// Each attached partition (not pending detach) with its indexes.
+    /// The attached partitions (not pending detach) that are not healthy, with their indexes:
+    /// some index of theirs is invalid, not ready or not live, or some parent index has no
+    /// child attached on them. A healthy partition has nothing to report or repair, so it is
+    /// only counted in `partition_count`.
     pub partitions: Vec<PartitionIndexes>,
+    /// How many partitions are attached (not pending detach), healthy or not.
+    pub partition_count: usize,
 }
 
-/// Reads the index snapshot of the partitioned table `table`.
-pub async fn snapshot(
+/// Reads the index snapshots of `tables`, in their order, in a few catalog queries whatever
+/// their number. Almost every partition is healthy (each of its indexes valid, ready and live,
+/// and each parent index with a child attached): the server counts those and lists only the
+/// others, with their indexes. `pg_get_indexdef` runs only for an index not attached or not
+/// healthy (an attached one's definition is its parent's), and
+/// `pg_stat_progress_create_index` is asked only about unhealthy ones.
+pub async fn snapshots(
     client: &impl GenericClient,
-    table: &RelName,
-) -> Result<IndexSnapshot, tokio_postgres::Error> {
-    let parent = catalog::indexes(client, table).await?;
+    tables: &[RelName],
+) -> Result<Vec<IndexSnapshot>, tokio_postgres::Error> {
+    let quoted: Vec<String> = tables.iter().map(RelName::quoted).collect();
+    let mut snaps = vec![IndexSnapshot::default(); tables.len()];
+    let mut oids: Vec<u32> = Vec::new();
+    let mut at: HashMap<u32, usize> = HashMap::new();
+    for r in client
+        .query(
+            "SELECT t.i::int, c.oid FROM unnest($1::text[]) WITH ORDINALITY t(q, i) \
+             JOIN pg_class c ON c.oid = to_regclass(t.q)",
+            &[&quoted],
+        )
+        .await?
+    {
+        let oid: u32 = r.get(1);
+        oids.push(oid);
+        at.insert(oid, r.get::<_, i32>(0) as usize - 1);
+    }
+    if oids.is_empty() {
+        return Ok(snaps);
+    }
+    for (oid, index) in catalog::indexes_of(client, &oids).await? {
+        snaps[at[&oid]].parent.push(index);
+    }
+    // Per table: how many attached partitions (a partition dropped after this query's snapshot
+    // is left out: has_table_privilege is NULL for an oid the catalog cache no longer has), and
+    // which of them are not healthy. A partition counts as healthy only if it has at least as
+    // many distinct parent indexes attached as the parent has indexes in this snapshot, so an
+    // index the planner sees is never missed; the planner decides on the others.
+    let mut unhealthy: Vec<u32> = Vec::new();
+    for r in client
+        .query(
+            "WITH parts AS MATERIALIZED ( \
+               SELECT t.inhparent AS parent, t.inhrelid AS part \
+               FROM pg_inherits t JOIN pg_class pc ON pc.oid = t.inhrelid \
+               WHERE t.inhparent = ANY($1::oid[]) AND NOT t.inhdetachpending AND pc.relkind = 'r' \
+             ), live AS MATERIALIZED ( \
+               SELECT * FROM parts WHERE has_table_privilege(part, 'SELECT') IS NOT NULL \
+             ), want AS ( \
+               SELECT indrelid AS parent, count(*) AS n FROM pg_index \
+               WHERE indrelid = ANY($1::oid[]) GROUP BY 1 \
+             ), health AS ( \
+               SELECT p.parent, p.part, \
+                      bool_and(x.indexrelid IS NULL OR (x.indisvalid AND x.indisready AND x.indislive)) AS ok, \
+                      count(DISTINCT ii.inhparent) AS attached \
+               FROM live p LEFT JOIN pg_index x ON x.indrelid = p.part \
+               LEFT JOIN pg_inherits ii ON ii.inhrelid = x.indexrelid \
+               GROUP BY 1, 2 \
+             ) \
+             SELECT h.parent, count(*)::int, \
+                    coalesce(array_agg(h.part) FILTER (WHERE NOT (h.ok AND h.attached >= coalesce(w.n, 0))), '{}') \
+             FROM health h LEFT JOIN want w ON w.parent = h.parent GROUP BY 1",
+            &[&oids],
+        )
+        .await?
+    {
+        let snap = &mut snaps[at[&r.get::<_, u32>(0)]];
+        snap.partition_count = r.get::<_, i32>(1) as usize;
+        unhealthy.extend(r.get::<_, Vec<u32>>(2));
+    }
+    if unhealthy.is_empty() {
+        return Ok(snaps);
+    }
+    // The partitions to look at, with their indexes. An index dropped meanwhile is left out:
+    // its pg_get_indexdef, where it is asked for, is NULL.
     let rows = client
         .query(
-            "SELECT n.nspname::text, pc.relname::text, ci.relname::text, \
-                    (SELECT pi.relname::text FROM pg_inherits ii JOIN pg_class pi ON pi.oid = ii.inhparent \
-                     WHERE ii.inhrelid = x.indexrelid), \
-                    x.indisvalid, x.indisready, x.indislive, x.indisunique, \
-                    substring(pg_get_indexdef(x.indexrelid) FROM ' (USING .*)$'), \
-                    EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = x.indexrelid) \
-             FROM pg_inherits t \
-             JOIN pg_class pc ON pc.oid = t.inhrelid \
-             JOIN pg_namespace n ON n.oid = pc.relnamespace \
-             LEFT JOIN pg_index x ON x.indrelid = pc.oid \
-             LEFT JOIN pg_class ci ON ci.oid = x.indexrelid \
-             WHERE t.inhparent = to_regclass($1) AND NOT t.inhdetachpending AND pc.relkind = 'r' \
-               AND pg_get_expr(pc.relpartbound, pc.oid) IS NOT NULL \
-             ORDER BY 1, 2, 3",
-            &[&table.quoted()],
+            "WITH x AS MATERIALIZED ( \
+               SELECT t.inhparent AS parent, n.nspname::text AS schema, pc.relname::text AS partition, \
+                      ci.relname::text AS name, pi.relname::text AS attached_to, \
+                      x.indisvalid AS valid, x.indisready AS ready, x.indislive AS live, \
+                      x.indisunique AS is_unique, x.indexrelid AS index \
+               FROM pg_inherits t \
+               JOIN pg_class pc ON pc.oid = t.inhrelid \
+               JOIN pg_namespace n ON n.oid = pc.relnamespace \
+               LEFT JOIN pg_index x ON x.indrelid = pc.oid \
+               LEFT JOIN pg_class ci ON ci.oid = x.indexrelid \
+               LEFT JOIN pg_inherits ii ON ii.inhrelid = x.indexrelid \
+               LEFT JOIN pg_class pi ON pi.oid = ii.inhparent \
+               WHERE t.inhrelid = ANY($1::oid[]) \
+             ) \
+             SELECT parent, schema, partition, name, attached_to, valid, ready, live, is_unique, \
+                    CASE WHEN index IS NOT NULL AND (attached_to IS NULL OR NOT (valid AND ready AND live)) \
+                         THEN substring(pg_get_indexdef(index) FROM ' (USING .*)$') END, \
+                    CASE WHEN index IS NOT NULL AND NOT (valid AND ready AND live) \
+                         THEN EXISTS (SELECT 1 FROM pg_stat_progress_create_index p WHERE p.index_relid = x.index) \
+                         ELSE false END, \
+                    index IS NOT NULL AND (attached_to IS NULL OR NOT (valid AND ready AND live)) \
+             FROM x ORDER BY 1, 2, 3, 4",
+            &[&unhealthy],
         )
         .await?;
-    let mut partitions: Vec<PartitionIndexes> = Vec::new();
     for r in &rows {
+        let snap = &mut snaps[at[&r.get::<_, u32>(0)]];
         let partition = RelName {
-            schema: r.get(0),
-            name: r.get(1),
+            schema: r.get(1),
+            name: r.get(2),
         };
-        if partitions.last().is_none_or(|p| p.partition != partition) {
-            partitions.push(PartitionIndexes {
+        if snap
+            .partitions
+            .last()
+            .is_none_or(|p| p.partition != partition)
+        {
+            snap.partitions.push(PartitionIndexes {
                 partition,
                 indexes: Vec::new(),
             });
         }
-        let Some(name) = r.get::<_, Option<String>>(2) else {
+        let Some(name) = r.get::<_, Option<String>>(3) else {
             continue; // a partition without any index
         };
-        let Some(definition) = r.get::<_, Option<String>>(8) else {
-            continue; // dropped while this runs (as above; a dropped partition is filtered out)
-        };
-        partitions
+        let definition: Option<String> = r.get(9);
+        let asked: bool = r.get(11);
+        if asked && definition.is_none() {
+            continue; // dropped while this runs
+        }
+        snap.partitions
             .last_mut()
             .expect("pushed")
             .indexes
             .push(ChildIndex {
                 name,
-                attached_to: r.get(3),
-                valid: r.get(4),
-                ready: r.get(5),
-                live: r.get(6),
-                unique: r.get(7),
+                attached_to: r.get(4),
+                valid: r.get(5),
+                ready: r.get(6),
+                live: r.get(7),
+                unique: r.get(8),
                 definition,
-                building: r.get(9),
+                building: r.get(10),
             });
     }
-    Ok(IndexSnapshot { parent, partitions })
+    Ok(snaps)
 }
 
 /// One problem found.
@@ -356,7 +445,7 @@ pub fn plan(table: &RelName, snap: &IndexSnapshot) -> (Vec<Repair>, Vec<String>)
                     && c.ready
                     && c.live
                     && c.unique == pi.unique
-                    && c.definition == pi.definition
+                    && c.definition.as_deref() == Some(pi.definition.as_str())
             });
             let child_name = match existing {
                 Some(c) => c.name.clone(),
@@ -417,7 +506,7 @@ mod tests {
             ready: true,
             live: true,
             unique: false,
-            definition: def.into(),
+            definition: Some(def.into()),
             building: false,
         }
     }
@@ -464,6 +553,7 @@ mod tests {
                     indexes: vec![],
                 },
             ],
+            partition_count: 3,
         };
         let t = rel("t");
         let probs = problems(&t, &snap);
@@ -571,10 +661,16 @@ mod pg_tests {
         assert!(!snap.indexes.iter().any(|i| i.name == "extra_parent_idx"));
         let cur = catalog::snapshot(&tx, &current).await.unwrap();
         assert!(!cur.indexes.iter().any(|i| i.name == "extra_current_idx"));
-        let idx = snapshot(&tx, &table).await.unwrap();
+        let idx = snapshots(&tx, std::slice::from_ref(&table))
+            .await
+            .unwrap()
+            .pop()
+            .unwrap();
         assert!(!idx.parent.iter().any(|i| i.name == "extra_parent_idx"));
         assert!(!idx.partitions.iter().any(|p| p.partition.name == gone));
-        assert!(idx.partitions.iter().all(|p| !p.indexes.is_empty()));
+        // Every partition left is counted, and healthy (so none is listed for a look).
+        assert_eq!(idx.partition_count, before.partitions.len() - 1);
+        assert!(idx.partitions.is_empty(), "{:?}", idx.partitions);
         tx.rollback().await.unwrap();
     }
 }

@@ -63,8 +63,20 @@ pub async fn run(config: &Config, now: Option<DateTime<Utc>>) -> Report {
     let (clock_check, server_now) = clock(&client, config).await;
     checks.push(clock_check);
     let now = now.or(server_now).unwrap_or_else(Utc::now);
-    for table in &config.tables {
-        checks.extend(table_checks(&client, config, table, now).await);
+    // The catalog of every table in one read: the snapshots, then the index snapshots.
+    let rels: Vec<RelName> = config
+        .tables
+        .iter()
+        .map(|t| RelName::from(&t.name))
+        .collect();
+    let snaps = catalog::snapshots(&client, &rels).await;
+    let index_snaps = indexes::snapshots(&client, &rels).await;
+    for (i, table) in config.tables.iter().enumerate() {
+        let read = match (&snaps, &index_snaps) {
+            (Ok(s), Ok(x)) => Ok((&s[i], &x[i])),
+            (Err(e), _) | (_, Err(e)) => Err(error_text(e)),
+        };
+        checks.extend(table_checks(&client, config, table, read, now).await);
     }
     Report::new(checks)
 }
@@ -262,38 +274,30 @@ fn unique_key(table: &str, snap: &TableSnapshot) -> Check {
     )
 }
 
+/// The checks of one table, from its catalog and index snapshots (or why they could not be
+/// read).
 async fn table_checks(
     client: &Client,
     config: &Config,
     table: &TableConfig,
+    read: Result<(&TableSnapshot, &indexes::IndexSnapshot), String>,
     now: DateTime<Utc>,
 ) -> Vec<Check> {
     let name = table.name.to_string();
     let t = Some(name.as_str());
     let rel = RelName::from(&table.name);
-    let snap = match catalog::snapshot(client, &rel).await {
+    let (snap, isnap) = match read {
         Ok(s) => s,
-        Err(e) => {
-            return vec![check(
-                "runway",
-                t,
-                Status::Unknown,
-                error_text(&e),
-                json!({}),
-            )];
-        }
+        Err(e) => return vec![check("runway", t, Status::Unknown, e, json!({}))],
     };
-    if let Err(why) = premake::check_manageable(table, &snap) {
+    if let Err(why) = premake::check_manageable(table, snap) {
         return vec![check("runway", t, Status::Critical, why, json!({}))];
     }
-    let mut out = vec![runway(table, &snap, now), coverage(table, &snap, now)];
-    out.push(routing(client, config, table, &snap, now).await);
-    out.push(default_partition(client, table, &snap).await);
-    out.push(match indexes::snapshot(client, &rel).await {
-        Ok(isnap) => index_check(table, &rel, &isnap),
-        Err(e) => check("indexes", t, Status::Unknown, error_text(&e), json!({})),
-    });
-    out.push(expiry_check(client, config, table, &snap, now).await);
+    let mut out = vec![runway(table, snap, now), coverage(table, snap, now)];
+    out.push(routing(client, config, table, snap, now).await);
+    out.push(default_partition(client, table, snap).await);
+    out.push(index_check(table, &rel, isnap));
+    out.push(expiry_check(client, config, table, snap, now).await);
     out.push(maintenance(client, config, table, now).await);
     out
 }

@@ -140,24 +140,24 @@ pub(super) fn coverage(table: &TableConfig, snap: &TableSnapshot, now: DateTime<
     if !gaps.is_empty() {
         problems.push(format!(
             "gaps {} (rows for these instants are refused)",
-            gaps.join(", ")
+            shown(&gaps)
         ));
     }
     if !overlaps.is_empty() {
-        problems.push(format!("overlapping bounds {}", overlaps.join(", ")));
+        problems.push(format!("overlapping bounds {}", shown(&overlaps)));
     }
     if !misaligned.is_empty() {
         problems.push(format!(
             "bounds not aligned to {} periods in {}: {}",
             table.interval,
             table.time_zone,
-            misaligned.join(", ")
+            shown(&misaligned)
         ));
     }
     if !misnamed.is_empty() {
         problems.push(format!(
             "names that do not match their bounds: {}",
-            misnamed.join(", ")
+            shown(&misnamed)
         ));
     }
     if problems.is_empty() {
@@ -179,6 +179,15 @@ pub(super) fn coverage(table: &TableConfig, snap: &TableSnapshot, now: DateTime<
             problems.join("; "),
             details,
         )
+    }
+}
+
+/// The first three of `items`, and how many more: a message stays one readable line whatever
+/// the count (all of them are in the check's details).
+fn shown(items: &[String]) -> String {
+    match items.len() {
+        0..=3 => items.join(", "),
+        n => format!("{} and {} more", items[..3].join(", "), n - 3),
     }
 }
 
@@ -238,7 +247,7 @@ pub(super) fn index_check(
 ) -> Check {
     let t = table.name.to_string();
     let problems = indexes::problems(rel, snap);
-    let details = json!({"problems": problems, "parent_indexes": snap.parent.len(), "partitions": snap.partitions.len()});
+    let details = json!({"problems": problems, "parent_indexes": snap.parent.len(), "partitions": snap.partition_count});
     if problems.is_empty() {
         return check(
             "indexes",
@@ -247,7 +256,7 @@ pub(super) fn index_check(
             format!(
                 "{} indexes attached, valid, ready and live on all {} partitions",
                 snap.parent.len(),
-                snap.partitions.len()
+                snap.partition_count
             ),
             details,
         );

@@ -17,11 +17,11 @@ pub(super) async fn expire_table(
     client: &mut Client,
     ctx: &mut Ctx<'_>,
     table: &TableConfig,
+    snap: &TableSnapshot,
     tr: &mut TableReport,
 ) {
     let parent = RelName::from(&table.name);
     let gathered = async {
-        let snap = catalog::snapshot(&*client, &parent).await?;
         let mut unfinished = Vec::new();
         for l in ledger::in_flight(&*client, &parent).await? {
             let exists: bool = client
@@ -33,10 +33,10 @@ pub(super) async fn expire_table(
                 .get(0);
             unfinished.push(Unfinished { ledger: l, exists });
         }
-        Ok::<_, tokio_postgres::Error>((snap, unfinished))
+        Ok::<_, tokio_postgres::Error>(unfinished)
     }
     .await;
-    let (snap, unfinished) = match gathered {
+    let unfinished = match gathered {
         Ok(v) => v,
         Err(e) => {
             tr.errors.push(format!(
@@ -48,7 +48,7 @@ pub(super) async fn expire_table(
     };
     let plan = expiry::plan(
         table,
-        &snap,
+        snap,
         &unfinished,
         ctx.now,
         ctx.server_now,

@@ -212,40 +212,56 @@ pub async fn run(
         stop,
         out,
     };
+    // The catalog, read once for every table: the planners below work from these snapshots,
+    // and a table's snapshot is read again only after a step changed its partitions.
+    let rels: Vec<RelName> = config
+        .tables
+        .iter()
+        .map(|t| RelName::from(&t.name))
+        .collect();
+    let mut snaps: Vec<Option<TableSnapshot>> = match catalog::snapshots(&*client, &rels).await {
+        Ok(s) => s.into_iter().map(Some).collect(),
+        Err(e) => {
+            let msg = format!("reading the catalog: {}", error_text(&e));
+            for tr in &mut report.tables {
+                tr.errors.push(msg.clone());
+            }
+            return report;
+        }
+    };
     // Phase 1: partitions ahead, for every table, before any expiry can take time.
     let mut manageable = vec![false; config.tables.len()];
     for (i, table) in config.tables.iter().enumerate() {
-        let tr = &mut report.tables[i];
-        match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
-            Ok(snap) => {
-                manageable[i] = premake_table(client, &mut ctx, table, &snap, tr).await;
-            }
-            Err(e) => tr
-                .errors
-                .push(format!("reading the catalog: {}", error_text(&e))),
+        let snap = snaps[i].as_ref().expect("read above");
+        let errors = report.tables[i].errors.len();
+        manageable[i] = premake_table(client, &mut ctx, table, snap, &mut report.tables[i]).await;
+        let tr = &report.tables[i];
+        if !opts.dry_run && (!tr.created.is_empty() || tr.errors.len() > errors) {
+            snaps[i] = None;
         }
     }
     // Phase 2: index repairs.
-    for (i, table) in config.tables.iter().enumerate() {
-        if manageable[i] {
-            repair_indexes(client, &mut ctx, table, &mut report.tables[i]).await;
-        }
-    }
+    repair_indexes(client, &mut ctx, &rels, &manageable, &mut report.tables).await;
     // Phase 3: expiries.
+    refresh(&*client, &rels, &mut snaps, &mut report.tables).await;
     for (i, table) in config.tables.iter().enumerate() {
-        if manageable[i] {
-            expire_table(client, &mut ctx, table, &mut report.tables[i]).await;
+        if let (true, Some(snap)) = (manageable[i], &snaps[i]) {
+            let tr = &mut report.tables[i];
+            let before = (tr.expired.len(), tr.errors.len());
+            expire_table(client, &mut ctx, table, snap, tr).await;
+            if !opts.dry_run && (tr.expired.len(), tr.errors.len()) != before {
+                snaps[i] = None;
+            }
         }
     }
     if !opts.dry_run {
+        refresh(&*client, &rels, &mut snaps, &mut report.tables).await;
         for (i, table) in config.tables.iter().enumerate() {
             let tr = &mut report.tables[i];
-            match catalog::snapshot(&*client, &RelName::from(&table.name)).await {
-                Ok(snap) if snap.exists => tr.runway = Some(premake::runway(table, &snap, now)),
-                Ok(_) => {}
-                Err(e) => tr
-                    .errors
-                    .push(format!("reading the catalog: {}", error_text(&e))),
+            if let Some(snap) = &snaps[i]
+                && snap.exists
+            {
+                tr.runway = Some(premake::runway(table, snap, now));
             }
             let event = Event {
                 table: &RelName::from(&table.name),
@@ -268,6 +284,34 @@ pub async fn run(
         }
     }
     report
+}
+
+/// Reads again, in one go, the snapshots of the tables whose partitions a step changed (those
+/// set to `None`); a table whose snapshot cannot be read keeps `None` and gets the error.
+async fn refresh(
+    client: &Client,
+    rels: &[RelName],
+    snaps: &mut [Option<TableSnapshot>],
+    reports: &mut [TableReport],
+) {
+    let stale: Vec<usize> = (0..rels.len()).filter(|&i| snaps[i].is_none()).collect();
+    if stale.is_empty() {
+        return;
+    }
+    let names: Vec<RelName> = stale.iter().map(|&i| rels[i].clone()).collect();
+    match catalog::snapshots(client, &names).await {
+        Ok(fresh) => {
+            for (i, snap) in stale.into_iter().zip(fresh) {
+                snaps[i] = Some(snap);
+            }
+        }
+        Err(e) => {
+            let msg = format!("reading the catalog: {}", error_text(&e));
+            for i in stale {
+                reports[i].errors.push(msg.clone());
+            }
+        }
+    }
 }
 
 /// What every step of a pass needs besides the session and the table.

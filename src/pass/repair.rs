@@ -4,25 +4,42 @@
 
 use super::*;
 
-/// Repairs what the `indexes` check reports: leftover INVALID indexes are dropped
-/// concurrently, missing partition indexes built concurrently (or an existing matching one
-/// reused) and attached to the parent index.
+/// Repairs what the `indexes` check reports, for the tables marked `manageable`: leftover
+/// INVALID indexes are dropped concurrently, missing partition indexes built concurrently (or
+/// an existing matching one reused) and attached to the parent index. The indexes of all the
+/// tables are read in one go.
 pub(super) async fn repair_indexes(
     client: &mut Client,
     ctx: &mut Ctx<'_>,
-    table: &TableConfig,
-    tr: &mut TableReport,
+    rels: &[RelName],
+    manageable: &[bool],
+    reports: &mut [TableReport],
 ) {
-    let parent = RelName::from(&table.name);
-    let snap = match indexes::snapshot(&*client, &parent).await {
+    let which: Vec<usize> = (0..rels.len()).filter(|&i| manageable[i]).collect();
+    let names: Vec<RelName> = which.iter().map(|&i| rels[i].clone()).collect();
+    let snaps = match indexes::snapshots(&*client, &names).await {
         Ok(s) => s,
         Err(e) => {
-            tr.errors
-                .push(format!("reading indexes: {}", error_text(&e)));
+            let msg = format!("reading indexes: {}", error_text(&e));
+            for i in which {
+                reports[i].errors.push(msg.clone());
+            }
             return;
         }
     };
-    let (repairs, left) = indexes::plan(&parent, &snap);
+    for (i, snap) in which.into_iter().zip(snaps) {
+        repair_table(client, ctx, &rels[i], &snap, &mut reports[i]).await;
+    }
+}
+
+async fn repair_table(
+    client: &mut Client,
+    ctx: &mut Ctx<'_>,
+    parent: &RelName,
+    snap: &indexes::IndexSnapshot,
+    tr: &mut TableReport,
+) {
+    let (repairs, left) = indexes::plan(parent, snap);
     tr.notes.extend(left);
     'repairs: for repair in &repairs {
         if ctx.stop.load(Ordering::SeqCst) {

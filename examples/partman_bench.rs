@@ -10,7 +10,10 @@
 //!   (process start, connection, schema check and lock included);
 //! - `partwarden --check`: the release binary, end to end.
 //!
-//! Installs Debian's `postgresql-15-partman` when the extension is missing (as root).
+//! Installs Debian's `postgresql-15-partman` when the extension is missing (as root). The
+//! server runs with `max_locks_per_transaction = 512`: `run_maintenance` locks every partition
+//! and its indexes in one transaction, and at 12,800 partitions fails with "out of shared
+//! memory" at the default of 64 (partwarden's idle pass locks no partition).
 //! Run: `cargo build --release && cargo run --release --example partman_bench`
 //! (`-- --sizes 6400` for one size).
 
@@ -56,10 +59,11 @@ async fn main() {
         "| partitions | pg_partman run_maintenance | partwarden --run-once | ratio | partwarden --check |"
     );
     println!("|---|---|---|---|---|");
+    let server = pg::server_with("-c max_locks_per_transaction=512");
     let mut rows = Vec::new();
     for &total in &sizes {
         let per_table = total / TABLES;
-        let r = one_size(&bin, per_table).await;
+        let r = one_size(&server, &bin, per_table).await;
         let med = |v: &[Duration]| {
             let mut v = v.to_vec();
             v.sort();
@@ -114,8 +118,8 @@ struct Figures {
 
 /// Sets up the 50 tables with `per_table` partitions each (the DEFAULT one included) in a
 /// database of their own, and times the three.
-async fn one_size(bin: &str, per_table: usize) -> Figures {
-    let db = pg::TestDb::new(&format!("bench_partman_{per_table}")).await;
+async fn one_size(server: &pg::Server, bin: &str, per_table: usize) -> Figures {
+    let db = pg::TestDb::on(server, &format!("bench_partman_{per_table}")).await;
     let c = db.client().await;
     c.batch_execute(&format!("ALTER DATABASE {} SET timezone = 'UTC'", db.name))
         .await

@@ -135,21 +135,6 @@ async fn probe_routing(
         names.join(", "),
         values.join(", ")
     );
-    let oids = client
-        .query(
-            "SELECT c.oid::regclass::text, n.nspname::text, c.relname::text FROM pg_inherits i \
-             JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE i.inhparent = to_regclass($1)",
-            &[&rel.quoted()],
-        )
-        .await?;
-    let regclass_of = |p: &RelName| {
-        oids.iter()
-            .find(|r| r.get::<_, String>(1) == p.schema && r.get::<_, String>(2) == p.name)
-            .map(|r| r.get::<_, String>(0))
-            .unwrap_or_default()
-    };
-
     let current_start = table.calendar().containing(now).start;
     let mut probes: Vec<(DateTime<Utc>, Option<&RelName>)> = Vec::new();
     for p in snap
@@ -174,6 +159,23 @@ async fn probe_routing(
     if let Some(x) = past_end {
         probes.push((x, default.map(|d| &d.name)));
     }
+    // The expected partitions as `tableoid::regclass::text` prints them (qualified only when
+    // not on the search_path), asked of the server for these few, not for every partition.
+    let mut expected: Vec<String> = probes
+        .iter()
+        .filter_map(|(_, p)| p.map(RelName::quoted))
+        .collect();
+    expected.dedup();
+    let regclass: std::collections::HashMap<String, String> = client
+        .query(
+            "SELECT q, to_regclass(q)::text FROM unnest($1::text[]) q",
+            &[&expected],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect();
+    let regclass_of = |p: &RelName| regclass.get(&p.quoted()).cloned().unwrap_or_default();
 
     let mut wrong = Vec::new();
     let mut results = Vec::new();

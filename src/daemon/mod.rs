@@ -38,7 +38,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::Client;
 
-use crate::catalog::{self, RelName};
 use crate::config::Config;
 use crate::db;
 use crate::metrics;

@@ -152,20 +152,16 @@ pub(super) fn set_status(notifier: &Notifier, role: &Role, last_pass: &str, outc
 
 pub(super) async fn update_gauges(client: &Client, config: &Config, report: &pass::Report) {
     for (table, tr) in config.tables.iter().zip(&report.tables) {
-        let rel = RelName::from(&table.name);
-        let has_rows = match catalog::snapshot(client, &rel).await {
-            Ok(snap) => match snap.default_partition() {
-                None => false,
-                Some(d) => client
-                    .query_one(
-                        &format!("SELECT EXISTS (SELECT 1 FROM ONLY {})", d.name.quoted()),
-                        &[],
-                    )
-                    .await
-                    .map(|r| r.get::<_, bool>(0))
-                    .unwrap_or(false),
-            },
-            Err(_) => false,
+        let has_rows = match &tr.default_partition {
+            None => false,
+            Some(d) => client
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM ONLY {})", d.quoted()),
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .unwrap_or(false),
         };
         let periods = tr.runway.as_ref().map_or(0, |r| r.periods_ahead);
         let fail_at = tr

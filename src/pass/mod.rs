@@ -262,6 +262,7 @@ pub async fn run(
                 && snap.exists
             {
                 tr.runway = Some(premake::runway(table, snap, now));
+                tr.default_partition = snap.default_partition().map(|d| d.name.clone());
             }
             let event = Event {
                 table: &RelName::from(&table.name),

@@ -19,6 +19,10 @@ pub struct TableReport {
     pub indexes_repaired: Vec<String>,
     /// Coverage after the pass (not in a dry run).
     pub runway: Option<Runway>,
+    /// The table's DEFAULT partition after the pass, if it has one (not in a dry run): the
+    /// daemon's gauge of rows in it asks that table without reading the catalog again.
+    #[serde(skip)]
+    pub default_partition: Option<RelName>,
     /// Steps that failed, one line each.
     pub errors: Vec<String>,
     /// Things seen and left alone.

@@ -88,6 +88,12 @@ pub fn durable_server() -> Server {
     start_with("-c listen_addresses=127.0.0.1 -c max_connections=300")
 }
 
+/// A server of its own with the tests' settings and `extra` ones (`-c name=value ...`), for a
+/// benchmark that needs a setting the shared server does not have.
+pub fn server_with(extra: &str) -> Server {
+    start_with(&format!("{PG_OPTIONS} {extra}"))
+}
+
 fn start_local() -> Server {
     start_with(PG_OPTIONS)
 }

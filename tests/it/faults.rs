@@ -476,3 +476,36 @@ async fn a_locked_table_delays_neither_a_pass_nor_check() {
     let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A long transaction holding one partition (a `VACUUM FULL` or `ALTER TABLE` of an old month,
+/// say) must not stop the pass from creating the partitions ahead: the catalog read opens no
+/// partition. It did: `pg_get_expr(relpartbound, oid)` opened (and so locked) every partition,
+/// waited lock_timeout on the held one, and the table's whole pass failed with "reading the
+/// catalog: canceling statement due to lock timeout", its next partition not made.
+#[tokio::test]
+async fn a_locked_partition_does_not_stop_the_partitions_ahead() {
+    let db = bootstrapped("locked_partition").await;
+    let config = db.write_config("", "");
+    let c = db.client().await;
+    let this_month = format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Utc::now())
+    );
+    let last = format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(3))
+    );
+    c.batch_execute(&format!("DROP TABLE {last}"))
+        .await
+        .unwrap();
+    let mut holder = db.client().await;
+    let tx = holder.transaction().await.unwrap();
+    tx.batch_execute(&format!("LOCK TABLE {this_month} IN ACCESS EXCLUSIVE MODE"))
+        .await
+        .unwrap();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    let created = db.exists(&last).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(created, "{last} was not created: {out}{err}");
+}

@@ -11,7 +11,8 @@
 //!    unlogged table: no parameters cross the wire.
 //!
 //! Run: `cargo run --release --example odds_write_bench -- --markets 200000` (starts its own
-//! throwaway PostgreSQL, like the tests).
+//! throwaway PostgreSQL, like the tests); `--runs 3` repeats the ceiling and `write_batch`
+//! measurements; `--no-naive` leaves out the two one-round-trip-per-market paths (slow).
 
 mod common;
 use common as pg;
@@ -37,6 +38,12 @@ async fn main() {
         .nth(1)
         .map(|s| s.parse().expect("--markets takes a number"))
         .unwrap_or(200_000);
+    let runs: usize = std::env::args()
+        .skip_while(|a| a != "--runs")
+        .nth(1)
+        .map(|s| s.parse().expect("--runs takes a number"))
+        .unwrap_or(1);
+    let with_naive = !std::env::args().any(|a| a == "--no-naive");
     // Default durability: every commit is flushed, as in production. (The tests' server runs
     // with fsync off, which would flatter the naive path's one-commit-per-row.)
     let server = pg::durable_server();
@@ -74,40 +81,58 @@ async fn main() {
             );
             rate
         };
-        // Ceiling: the same statement over a loaded unlogged table.
-        reset(&c, setup).await;
-        load_staging(&c, rows).await;
-        let t = Instant::now();
-        let r = c.query_one(CEILING, &[]).await.unwrap();
-        let d = t.elapsed();
-        let ceiling = line(
-            "server-side INSERT ... SELECT (ceiling)",
-            rows.len(),
-            d,
-            summary(&r),
-        );
+        let mut ceilings = Vec::new();
         let mut batch_rates = Vec::new();
-        for size in [1000, 5000] {
-            reset(&c, setup).await;
-            let t = Instant::now();
-            let mut total = odds::WriteSummary::default();
-            for chunk in rows.chunks(size) {
-                let s = odds::write_batch(&c, chunk).await.unwrap();
-                total.inserted += s.inserted;
-                total.changed += s.changed;
-                total.unchanged += s.unchanged;
-                total.history_rows += s.history_rows;
+        for run in 1..=runs {
+            if runs > 1 {
+                println!("-- run {run} of {runs}");
             }
+            // Ceiling: the same statement over a loaded unlogged table.
+            reset(&c, setup).await;
+            load_staging(&c, rows).await;
+            let t = Instant::now();
+            let r = c.query_one(CEILING, &[]).await.unwrap();
             let d = t.elapsed();
-            batch_rates.push(line(
-                &format!("write_batch, batches of {size}"),
+            let ceiling = line(
+                "server-side INSERT ... SELECT (ceiling)",
                 rows.len(),
                 d,
-                format!(
-                    "inserted {} changed {} unchanged {} history {}",
-                    total.inserted, total.changed, total.unchanged, total.history_rows
-                ),
-            ));
+                summary(&r),
+            );
+            let mut rates = Vec::new();
+            for size in [1000, 5000] {
+                reset(&c, setup).await;
+                let t = Instant::now();
+                let mut total = odds::WriteSummary::default();
+                for chunk in rows.chunks(size) {
+                    let s = odds::write_batch(&c, chunk).await.unwrap();
+                    total.inserted += s.inserted;
+                    total.changed += s.changed;
+                    total.unchanged += s.unchanged;
+                    total.history_rows += s.history_rows;
+                }
+                let d = t.elapsed();
+                rates.push(line(
+                    &format!("write_batch, batches of {size}"),
+                    rows.len(),
+                    d,
+                    format!(
+                        "inserted {} changed {} unchanged {} history {}",
+                        total.inserted, total.changed, total.unchanged, total.history_rows
+                    ),
+                ));
+            }
+            println!(
+                "write_batch / ceiling: batches of 1000 {:.2}, of 5000 {:.2}, best {:.2} (target >= 0.8)",
+                rates[0] / ceiling,
+                rates[1] / ceiling,
+                rates[0].max(rates[1]) / ceiling
+            );
+            ceilings.push(ceiling);
+            batch_rates.push(rates[0].max(rates[1]));
+        }
+        if !with_naive {
+            continue;
         }
         reset(&c, setup).await;
         let naive_rows = &rows[..rows.len().min(NAIVE_ROWS)];
@@ -133,24 +158,22 @@ async fn main() {
             t.elapsed(),
             String::new(),
         );
-        for (size, rate) in [1000, 5000].iter().zip(&batch_rates) {
-            println!(
-                "write_batch({size}) / ceiling = {:.2} (target >= 0.7)   write_batch({size}) / naive = {:.1}x (target >= 20x)",
-                rate / ceiling,
-                rate / naive
-            );
-        }
-        results.push((
-            cycle,
-            batch_rates.iter().cloned().fold(0.0, f64::max),
-            ceiling,
-            naive,
-        ));
+        let (best, ceiling) = (batch_rates[runs - 1], ceilings[runs - 1]);
+        println!(
+            "best write_batch / ceiling = {:.2} (target >= 0.8)   best write_batch / naive = {:.1}x (target >= 20x)",
+            best / ceiling,
+            best / naive
+        );
+        results.push((cycle, best, ceiling, naive));
     }
     println!();
+    if !with_naive {
+        println!("(--no-naive: the naive paths and the targets against them were not measured)");
+        return;
+    }
     let ok = results
         .iter()
-        .all(|(_, best, ceiling, naive)| best / ceiling >= 0.7 && best / naive >= 20.0);
+        .all(|(_, best, ceiling, naive)| best / ceiling >= 0.8 && best / naive >= 20.0);
     println!(
         "targets met in both cycles (best batch size): {}",
         if ok { "yes" } else { "NO" }

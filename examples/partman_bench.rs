@@ -8,7 +8,9 @@
 //!   alone: no process start, no connection);
 //! - `partwarden --run-once` (same 50 tables, premake 3): the release binary, end to end
 //!   (process start, connection, schema check and lock included);
-//! - `partwarden --check`: the release binary, end to end.
+//! - `partwarden --check`: the release binary, end to end;
+//! - the daemon's pass: `pass::run` on a session kept open, as the daemon runs it (the same
+//!   code as `--run-once` without process start and connection).
 //!
 //! Installs Debian's `postgresql-15-partman` when the extension is missing (as root). The
 //! server runs with `max_locks_per_transaction = 512`: `run_maintenance` locks every partition
@@ -56,9 +58,9 @@ async fn main() {
         "pg_partman: the statement on an open session; partwarden: the release binary end to end\n"
     );
     println!(
-        "| partitions | pg_partman run_maintenance | partwarden --run-once | ratio | partwarden --check |"
+        "| partitions | pg_partman run_maintenance | partwarden --run-once | ratio | partwarden --check | daemon pass |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let server = pg::server_with("-c max_locks_per_transaction=512");
     let mut rows = Vec::new();
     for &total in &sizes {
@@ -77,31 +79,34 @@ async fn main() {
                 + " s"
         };
         println!(
-            "| {} | {} | {} | {:.2}x | {} |",
+            "| {} | {} | {} | {:.2}x | {} | {} |",
             r.partitions,
             fmt(&r.partman),
             fmt(&r.run_once),
             med(&r.run_once) / med(&r.partman),
-            fmt(&r.check)
+            fmt(&r.check),
+            fmt(&r.daemon)
         );
         rows.push((
             r.partitions,
             med(&r.partman),
             med(&r.run_once),
             med(&r.check),
+            med(&r.daemon),
         ));
     }
     println!();
     for w in rows.windows(2) {
         let (a, b) = (w[0], w[1]);
         println!(
-            "{} -> {} partitions (x{:.2}): pg_partman x{:.2}, --run-once x{:.2}, --check x{:.2} (medians)",
+            "{} -> {} partitions (x{:.2}): pg_partman x{:.2}, --run-once x{:.2}, --check x{:.2}, daemon pass x{:.2} (medians)",
             a.0,
             b.0,
             b.0 as f64 / a.0 as f64,
             b.1 / a.1,
             b.2 / a.2,
-            b.3 / a.3
+            b.3 / a.3,
+            b.4 / a.4
         );
     }
     println!(
@@ -114,6 +119,7 @@ struct Figures {
     partman: Vec<Duration>,
     run_once: Vec<Duration>,
     check: Vec<Duration>,
+    daemon: Vec<Duration>,
 }
 
 /// Sets up the 50 tables with `per_table` partitions each (the DEFAULT one included) in a
@@ -196,7 +202,9 @@ async fn one_size(server: &pg::Server, bin: &str, per_table: usize) -> Figures {
         partman: Vec::new(),
         run_once: Vec::new(),
         check: Vec::new(),
+        daemon: Vec::new(),
     };
+    let mut session = partwarden::db::connect(&config.database).await.unwrap();
     for _ in 0..RUNS {
         let t = Instant::now();
         c.batch_execute("SELECT partman.run_maintenance(p_analyze := false)")
@@ -209,6 +217,11 @@ async fn one_size(server: &pg::Server, bin: &str, per_table: usize) -> Figures {
         let (took, code, text) = run(&["--check"])();
         assert!(code.unwrap_or(9) <= 1, "{text}");
         f.check.push(took);
+        let t = Instant::now();
+        let report = pg::run_pass(&mut session, &config).await;
+        f.daemon.push(t.elapsed());
+        assert!(report.ok(), "{}", report.to_text());
+        assert!(report.tables.iter().all(|t| t.created.is_empty()));
     }
     // Nothing was created by anyone while timing.
     let after: i64 = c

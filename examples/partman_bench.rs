@@ -154,15 +154,7 @@ async fn one_size(server: &pg::Server, bin: &str, per_table: usize) -> Figures {
             "[[tables]]\nname = \"public.t{t:02}\"\npartition_key = \"at\"\npremake = 3\n\n"
         ));
     }
-    let partitions: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE p.relname ~ '^t[0-9]{2}$' AND p.relnamespace = 'public'::regnamespace",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let partitions = count_partitions(&c).await;
     eprintln!(
         "set up {partitions} partitions (from {start}) in {:.0} s",
         t0.elapsed().as_secs_f64()
@@ -224,20 +216,24 @@ async fn one_size(server: &pg::Server, bin: &str, per_table: usize) -> Figures {
         assert!(report.tables.iter().all(|t| t.created.is_empty()));
     }
     // Nothing was created by anyone while timing.
-    let after: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
-             WHERE p.relname ~ '^t[0-9]{2}$' AND p.relnamespace = 'public'::regnamespace",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let after = count_partitions(&c).await;
     assert_eq!(
         after, partitions,
         "something created partitions while timing"
     );
     f
+}
+
+/// Partitions of the 50 tables, DEFAULT ones included.
+async fn count_partitions(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent \
+         WHERE p.relname ~ '^t[0-9]{2}$' AND p.relnamespace = 'public'::regnamespace",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// Installs Debian's pg_partman for PostgreSQL 15 when its control file is missing.

@@ -186,20 +186,16 @@ pub async fn snapshots(
     client: &impl GenericClient,
     tables: &[RelName],
 ) -> Result<Vec<TableSnapshot>, tokio_postgres::Error> {
-    let quoted: Vec<String> = tables.iter().map(RelName::quoted).collect();
     let mut snaps = vec![TableSnapshot::default(); tables.len()];
     // The relations: their oid, for the other queries, and their kind and partition key.
     let mut oids: Vec<u32> = Vec::new();
     let mut at: HashMap<u32, usize> = HashMap::new();
-    for r in client
-        .query(
-            "SELECT t.i::int, c.oid, c.relkind::text, \
-                    CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END \
-             FROM unnest($1::text[]) WITH ORDINALITY t(q, i) \
-             JOIN pg_class c ON c.oid = to_regclass(t.q)",
-            &[&quoted],
-        )
-        .await?
+    for r in resolve(
+        client,
+        tables,
+        "c.relkind::text, CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END",
+    )
+    .await?
     {
         let i = r.get::<_, i32>(0) as usize - 1;
         let oid: u32 = r.get(1);
@@ -213,20 +209,8 @@ pub async fn snapshots(
     if oids.is_empty() {
         return Ok(snaps);
     }
-    for r in client
-        .query(
-            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull \
-             FROM pg_attribute WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped \
-             ORDER BY attrelid, attnum",
-            &[&oids],
-        )
-        .await?
-    {
-        snaps[at[&r.get::<_, u32>(0)]].columns.push(Column {
-            name: r.get(1),
-            data_type: r.get(2),
-            not_null: r.get(3),
-        });
+    for (oid, column) in columns_of(client, &oids).await? {
+        snaps[at[&oid]].columns.push(column);
     }
     for (oid, index) in indexes_of(client, &oids).await? {
         snaps[at[&oid]].indexes.push(index);
@@ -275,6 +259,26 @@ pub async fn snapshots(
     Ok(snaps)
 }
 
+/// The rows of `tables` that exist, as `(1-based position in tables, oid, extra...)`:
+/// `extra` is more columns of `pg_class c` (a fixed expression, never input).
+pub(crate) async fn resolve(
+    client: &impl GenericClient,
+    tables: &[RelName],
+    extra: &'static str,
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let quoted: Vec<String> = tables.iter().map(RelName::quoted).collect();
+    let sep = if extra.is_empty() { "" } else { ", " };
+    client
+        .query(
+            &format!(
+                "SELECT t.i::int, c.oid{sep}{extra} FROM unnest($1::text[]) WITH ORDINALITY t(q, i) \
+                 JOIN pg_class c ON c.oid = to_regclass(t.q)"
+            ),
+            &[&quoted],
+        )
+        .await
+}
+
 /// The least string greater than every string that starts with `prefix`, compared bytewise
 /// (UTF-8 keeps code point order): `prefix` with its last character replaced by the next one.
 /// When there is none (the prefix is empty or all U+10FFFF), a string greater than every name
@@ -298,20 +302,48 @@ fn next_prefix(prefix: &str) -> Option<String> {
     None
 }
 
-/// Columns of `table`, in order.
+/// Columns of `table`, in order (none when there is no such relation).
 pub async fn columns(
     client: &impl GenericClient,
     table: &RelName,
 ) -> Result<Vec<Column>, tokio_postgres::Error> {
-    Ok(snapshot(client, table).await?.columns)
+    let oids: Vec<u32> = resolve(client, std::slice::from_ref(table), "")
+        .await?
+        .iter()
+        .map(|r| r.get(1))
+        .collect();
+    Ok(columns_of(client, &oids)
+        .await?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect())
 }
 
-/// Indexes of `table` itself (not of its partitions), by name.
-pub async fn indexes(
+/// Columns of the relations `oids`, by relation, in order.
+async fn columns_of(
     client: &impl GenericClient,
-    table: &RelName,
-) -> Result<Vec<Index>, tokio_postgres::Error> {
-    Ok(snapshot(client, table).await?.indexes)
+    oids: &[u32],
+) -> Result<Vec<(u32, Column)>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull \
+             FROM pg_attribute WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attrelid, attnum",
+            &[&oids],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Column {
+                    name: r.get(1),
+                    data_type: r.get(2),
+                    not_null: r.get(3),
+                },
+            )
+        })
+        .collect())
 }
 
 /// Indexes of the relations `oids` themselves (not of their partitions), by relation and name.

@@ -73,18 +73,10 @@ pub async fn snapshots(
     client: &impl GenericClient,
     tables: &[RelName],
 ) -> Result<Vec<IndexSnapshot>, tokio_postgres::Error> {
-    let quoted: Vec<String> = tables.iter().map(RelName::quoted).collect();
     let mut snaps = vec![IndexSnapshot::default(); tables.len()];
     let mut oids: Vec<u32> = Vec::new();
     let mut at: HashMap<u32, usize> = HashMap::new();
-    for r in client
-        .query(
-            "SELECT t.i::int, c.oid FROM unnest($1::text[]) WITH ORDINALITY t(q, i) \
-             JOIN pg_class c ON c.oid = to_regclass(t.q)",
-            &[&quoted],
-        )
-        .await?
-    {
+    for r in catalog::resolve(client, tables, "").await? {
         let oid: u32 = r.get(1);
         oids.push(oid);
         at.insert(oid, r.get::<_, i32>(0) as usize - 1);

@@ -26,6 +26,14 @@ pub(crate) fn name(back: u32) -> String {
     )
 }
 
+/// The name of the partition `ahead` months after this one.
+pub(crate) fn name_ahead(ahead: u32) -> String {
+    format!(
+        "market_odds_history{}",
+        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(ahead))
+    )
+}
+
 /// Creates the partition `back` months ago with ROWS rows; returns the hash of its content.
 pub(crate) async fn old_partition(c: &tokio_postgres::Client, back: u32) -> String {
     let (lo, hi) = (start(back), start(back) + Months::new(1));
@@ -390,10 +398,7 @@ async fn writers_never_wait_behind_a_long_reader_during_a_pass() {
     let c = db.client().await;
     old_partition(&c, 8).await;
     // The pass has one partition to create and one to expire.
-    let last = format!(
-        "market_odds_history{}",
-        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(3))
-    );
+    let last = name_ahead(3);
     c.batch_execute(&format!("DROP TABLE {last}"))
         .await
         .unwrap();
@@ -487,14 +492,8 @@ async fn a_locked_partition_does_not_stop_the_partitions_ahead() {
     let db = bootstrapped("locked_partition").await;
     let config = db.write_config("", "");
     let c = db.client().await;
-    let this_month = format!(
-        "market_odds_history{}",
-        Interval::Monthly.suffix(Utc::now())
-    );
-    let last = format!(
-        "market_odds_history{}",
-        Interval::Monthly.suffix(Interval::Monthly.floor(Utc::now()) + Months::new(3))
-    );
+    let this_month = name(0);
+    let last = name_ahead(3);
     c.batch_execute(&format!("DROP TABLE {last}"))
         .await
         .unwrap();

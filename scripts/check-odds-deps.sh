@@ -4,7 +4,7 @@
 # renderers": a crate an application writer can afford). Prints the tree it checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-allowed="chrono serde serde_json thiserror tokio-postgres"
+allowed="bytes chrono serde serde_json thiserror tokio-postgres"
 cargo check --quiet --lib --no-default-features
 direct=$(cargo tree --no-default-features -e normal --depth 1 --prefix none \
   | awk 'NR > 1 { print $1 }' | sort -u)

@@ -72,6 +72,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0007_upload_step.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 8,
+        name: "write_odds_packed",
+        sql: include_str!("../schema/0008_write_odds_packed.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`

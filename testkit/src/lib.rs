@@ -85,7 +85,14 @@ pub fn private_server() -> Server {
 /// A server with PostgreSQL's default durability (fsync, synchronous_commit, full page writes
 /// on), for benchmarks whose figures must be those of a real deployment.
 pub fn durable_server() -> Server {
-    start_with("-c listen_addresses=127.0.0.1 -c max_connections=300")
+    durable_server_with("")
+}
+
+/// [`durable_server`] with `extra` settings (`-c name=value ...`).
+pub fn durable_server_with(extra: &str) -> Server {
+    start_with(&format!(
+        "-c listen_addresses=127.0.0.1 -c max_connections=300 {extra}"
+    ))
 }
 
 /// A server of its own with the tests' settings and `extra` ones (`-c name=value ...`), for a

@@ -588,3 +588,326 @@ async fn what_counts_as_a_change() {
     assert_eq!((s.changed, s.history_rows), (expected, expected));
     assert_eq!(s.unchanged, cases.len() as u64 - expected);
 }
+
+// ---- OddsWriter: unchanged markets sent as the row version the writer made ----
+
+use partwarden::odds::OddsWriter;
+
+/// (outcomes, market name, last_updated_at, last_confirmed_at) of event `event`'s "1x2".
+async fn stored(
+    c: &tokio_postgres::Client,
+    event: i32,
+) -> (serde_json::Value, String, DateTime<Utc>, DateTime<Utc>) {
+    let r = c
+        .query_one(
+            "SELECT outcomes, betpawa_market_name, last_updated_at, last_confirmed_at \
+             FROM market_odds_current WHERE event_id = $1 AND betpawa_market_id = '1x2'",
+            &[&event],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+fn cycle(at: DateTime<Utc>, odds_of_event_1: f64) -> Vec<MarketOdds> {
+    (1..=20)
+        .map(|e| {
+            let o = if e == 1 { odds_of_event_1 } else { 1.5 };
+            market(e, "1x2", None, &[("1", o), ("X", 3.0), ("2", 4.0)], at)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_writer_sends_unchanged_markets_without_their_json() {
+    let db = bootstrapped("odds_writer").await;
+    let c = db.client().await;
+    let t = now() - Duration::minutes(30);
+    let mut w = OddsWriter::new();
+    let s = w.write(&c, &cycle(t, 1.5)).await.unwrap();
+    assert_eq!((s.inserted, s.history_rows), (20, 20));
+    assert_eq!(w.len(), 20);
+    // Next cycle: event 1 changed, and every market has a new display name.
+    let mut next = cycle(t + Duration::minutes(5), 1.6);
+    for m in &mut next {
+        m.betpawa_market_name = "renamed".into();
+    }
+    let s = w.write(&c, &next).await.unwrap();
+    assert_eq!(
+        (s.inserted, s.changed, s.unchanged, s.history_rows, s.stale),
+        (0, 1, 19, 1, 0)
+    );
+    let st = w.stats();
+    assert_eq!(
+        (st.sent_as_versions, st.resent),
+        (19, 0),
+        "the 19 unchanged markets went without JSON"
+    );
+    for e in 1..=20 {
+        let (outcomes, name, updated, confirmed) = stored(&c, e).await;
+        assert_eq!(name, "renamed", "scalar columns are written either way");
+        assert_eq!(confirmed, t + Duration::minutes(5));
+        let odds = if e == 1 { 1.6 } else { 1.5 };
+        assert_eq!(outcomes[0]["odds"], json!(odds));
+        assert_eq!(updated == confirmed, e == 1, "event {e}");
+    }
+    assert_eq!(history_count(&c).await, 21);
+    // A third cycle, nothing changed: all 20 as versions, still exact.
+    let s = w
+        .write(&c, &cycle(t + Duration::minutes(10), 1.6))
+        .await
+        .unwrap();
+    assert_eq!((s.unchanged, s.history_rows), (20, 0));
+    assert_eq!(w.stats().sent_as_versions, 39);
+    assert_eq!(w.stats().resent, 0);
+}
+
+/// The writer remembers what it wrote; anything that wrote the row since must make it send the
+/// JSON again, or it would take a changed market for unchanged and lose the change.
+#[tokio::test]
+async fn a_writer_never_trusts_a_row_someone_else_wrote() {
+    let db = bootstrapped("odds_writer_others").await;
+    let mut c = db.client().await;
+    let t = now() - Duration::minutes(60);
+    let at = |m: i64| t + Duration::minutes(m);
+    let mut w = OddsWriter::new();
+    w.write(&c, &cycle(at(0), 1.5)).await.unwrap();
+
+    // 1. Another writer changes event 1's odds; ours then writes its old odds again: that is a
+    //    change back, with a history row.
+    write_batch(&c, &cycle(at(1), 9.9)[..1]).await.unwrap();
+    let s = w.write(&c, &cycle(at(2), 1.5)).await.unwrap();
+    assert_eq!((s.changed, s.unchanged, s.history_rows), (1, 19, 1));
+    assert_eq!(stored(&c, 1).await.0[0]["odds"], json!(1.5));
+    assert_eq!(w.stats().resent, 1, "the batch was sent again in full");
+
+    // 2. The application's own UPDATE of the outcomes.
+    c.execute(
+        "UPDATE market_odds_current SET outcomes = '[{\"name\": \"1\", \"odds\": 7.0}]' WHERE event_id = 2",
+        &[],
+    )
+    .await
+    .unwrap();
+    let s = w.write(&c, &cycle(at(3), 1.5)).await.unwrap();
+    assert_eq!((s.changed, s.history_rows), (1, 1));
+    assert_eq!(stored(&c, 2).await.0[0]["odds"], json!(1.5));
+
+    // 3. A write of ours inside a transaction that rolls back: the rolled-back version must
+    //    not be trusted. Event 3 goes to 2.0 and back; the stored row still has 1.5.
+    let mut moved = cycle(at(4), 1.5);
+    moved[2].outcomes = json!([{"name": "1", "odds": 2.0, "is_active": true}]);
+    let tx = c.transaction().await.unwrap();
+    w.write(&tx, &moved).await.unwrap();
+    tx.rollback().await.unwrap();
+    moved.iter_mut().for_each(|m| m.scraped_at = at(5));
+    let s = w.write(&c, &moved).await.unwrap();
+    assert_eq!(
+        (s.changed, s.history_rows),
+        (1, 1),
+        "event 3 changed to 2.0 and has its history row"
+    );
+    assert_eq!(
+        stored(&c, 3).await.0,
+        json!([{"name": "1", "odds": 2.0, "is_active": true}])
+    );
+
+    // 4. mark_unavailable by someone else, then a write that makes the market available.
+    mark_unavailable(
+        &c,
+        &[MarketKey {
+            event_id: 4,
+            bookmaker_slug: "betpawa".into(),
+            betpawa_market_id: "1x2".into(),
+            line: None,
+        }],
+        at(6),
+    )
+    .await
+    .unwrap();
+    w.write(
+        &c,
+        &moved
+            .iter()
+            .cloned()
+            .map(|mut m| {
+                m.scraped_at = at(7);
+                m
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let gone: Option<DateTime<Utc>> = c
+        .query_one(
+            "SELECT unavailable_at FROM market_odds_current WHERE event_id = 4",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, None, "the write made it available again");
+
+    // 5. The market was deleted: it is inserted again, with its outcomes and a history row.
+    c.execute("DELETE FROM market_odds_current WHERE event_id = 5", &[])
+        .await
+        .unwrap();
+    let before = history_count(&c).await;
+    let s = w
+        .write(
+            &c,
+            &moved
+                .iter()
+                .cloned()
+                .map(|mut m| {
+                    m.scraped_at = at(8);
+                    m
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((s.inserted, s.history_rows), (1, 1));
+    assert_eq!(history_count(&c).await, before + 1);
+    assert_eq!(stored(&c, 5).await.0[0]["odds"], json!(1.5));
+
+    // 6. A replayed (stale) batch: counted stale, nothing rolled back.
+    let s = w.write(&c, &cycle(at(2), 1.5)).await.unwrap();
+    assert_eq!(s.stale, 20, "{s:?}");
+    assert_eq!(stored(&c, 3).await.0[0]["odds"], json!(2.0));
+    // A batch with a stale market does not say which versions the others have now: the
+    // writer forgot them, sends them in full once, then without JSON again.
+    for (minute, as_versions) in [(9, 0), (10, 20)] {
+        let sent = w.stats().sent_as_versions;
+        let s = w
+            .write(
+                &c,
+                &moved
+                    .iter()
+                    .cloned()
+                    .map(|mut m| {
+                        m.scraped_at = at(minute);
+                        m
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((s.unchanged, s.history_rows), (20, 0));
+        assert_eq!(w.stats().sent_as_versions - sent, as_versions);
+    }
+}
+
+/// The same cases as `what_counts_as_a_change`, written by an OddsWriter: the JSON it sends for
+/// changed markets is compared exactly as write_batch's.
+#[tokio::test]
+async fn a_writer_counts_changes_as_write_batch_does() {
+    let db = bootstrapped("odds_writer_change").await;
+    let c = db.client().await;
+    let t1 = now() - Duration::minutes(10);
+    let t2 = now() - Duration::minutes(5);
+    let sel = |n: &str, o: f64| json!({"name": n, "odds": o, "is_active": true});
+    let cases = [
+        (
+            json!([sel("1", 1.5), sel("2", 2.5)]),
+            json!([sel("1", 1.5), sel("2", 2.5)]),
+            false,
+        ),
+        (
+            json!([sel("1", 1.5), sel("2", 2.5)]),
+            json!([sel("2", 2.5), sel("1", 1.5)]),
+            false,
+        ),
+        (json!([sel("1", 1.5)]), json!([sel("1", 1.55)]), true),
+        (
+            json!([sel("1", 1.5)]),
+            json!([sel("1", 1.5), sel("2", 1.5)]),
+            true,
+        ),
+    ];
+    let batch = |at, second: bool| -> Vec<MarketOdds> {
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, (a, b, _))| {
+                let mut m = market(i as i32, "m", None, &[], at);
+                m.outcomes = if second { b.clone() } else { a.clone() };
+                m
+            })
+            .collect()
+    };
+    let mut w = OddsWriter::new();
+    w.write(&c, &batch(t1, false)).await.unwrap();
+    let s = w.write(&c, &batch(t2, true)).await.unwrap();
+    assert_eq!((s.changed, s.unchanged, s.history_rows), (2, 2, 2));
+    assert_eq!(
+        w.stats().sent_as_versions,
+        1,
+        "only the identical one went without JSON"
+    );
+    let rows = c
+        .query(
+            "SELECT last_updated_at = last_confirmed_at, outcomes FROM market_odds_current ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    for (r, (_, b, changed)) in rows.iter().zip(&cases) {
+        assert_eq!(r.get::<_, bool>(0), *changed);
+        assert_eq!(
+            r.get::<_, serde_json::Value>(1),
+            *b,
+            "the latest spelling is stored"
+        );
+    }
+}
+
+/// Writers that remember, on the same keys: each one's versions are overwritten by the others'
+/// all the time, so batches miss and are resent, in the same key order: no deadlock, no error,
+/// and the final state is the last scrape of every key.
+#[tokio::test]
+async fn concurrent_odds_writers_miss_and_resend_without_deadlock() {
+    let db = bootstrapped("odds_writer_concurrent").await;
+    let base = now() - Duration::minutes(30);
+    let mut tasks = Vec::new();
+    for w in 0..3i64 {
+        let c = db.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut writer = OddsWriter::new();
+            for round in 0..20i64 {
+                let at = base + Duration::seconds(round * 10 + w);
+                // The same odds for every writer, changing every fourth round.
+                let mut batch: Vec<MarketOdds> = (0..300)
+                    .map(|k| {
+                        let odds = 1.0 + ((k as i64 + round / 4) % 40) as f64 / 10.0;
+                        market(k / 3, &format!("m{}", k % 3), None, &[("1", odds)], at)
+                    })
+                    .collect();
+                batch.rotate_left((w as usize * 97) % 300);
+                writer
+                    .write(&c, &batch)
+                    .await
+                    .expect("no deadlock, no error");
+            }
+            writer.stats()
+        }));
+    }
+    let mut resent = 0;
+    let mut as_versions = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        resent += s.resent;
+        as_versions += s.sent_as_versions;
+    }
+    let c = db.client().await;
+    let wrong: i64 = c
+        .query_one(
+            "SELECT count(*) FROM market_odds_current \
+             WHERE outcomes -> 0 -> 'odds' <> to_jsonb(1.0 + ((event_id * 3 + substr(betpawa_market_id, 2)::int + 4) % 40) / 10.0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0, "every market has the odds of the last round");
+    println!("resent batches {resent}, markets sent as versions {as_versions}");
+}

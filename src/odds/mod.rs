@@ -56,6 +56,13 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
+mod wire;
+mod writer;
+
+use wire::JsonText;
+pub use wire::{Tid, Xid};
+pub use writer::{OddsWriter, WriterStats};
+
 /// One market of one bookmaker for one event, as scraped: the writable columns of
 /// `market_odds_current` and the scrape instant.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,22 +186,14 @@ impl WriteError {
 /// dropped.
 pub fn prepare(rows: &[MarketOdds]) -> (Vec<&MarketOdds>, u64) {
     use std::collections::HashMap;
-    // The key as the unique index sees it: a NULL line is line 0, and -0.0 is 0.
-    let line0 = |r: &MarketOdds| {
-        let l = r.line.unwrap_or(0.0);
-        if l == 0.0 {
-            0.0f64.to_bits()
-        } else {
-            l.to_bits()
-        }
-    };
-    let mut latest: HashMap<(i32, &str, &str, u64), usize> = HashMap::with_capacity(rows.len());
+    let mut latest: HashMap<(i32, &str, &str, u64), usize, FxBuild> =
+        HashMap::with_capacity_and_hasher(rows.len(), FxBuild::default());
     for (i, r) in rows.iter().enumerate() {
         let key = (
             r.event_id,
             r.bookmaker_slug.as_str(),
             r.betpawa_market_id.as_str(),
-            line0(r),
+            line_bits(r.line),
         );
         latest
             .entry(key)
@@ -209,6 +208,59 @@ pub fn prepare(rows: &[MarketOdds]) -> (Vec<&MarketOdds>, u64) {
     let mut kept: Vec<&MarketOdds> = latest.into_values().map(|i| &rows[i]).collect();
     kept.sort_by(|a, b| key_cmp(market_key(a), market_key(b)));
     (kept, duplicates)
+}
+
+/// The hasher of the write path's maps: FxHash (rustc's), several times faster than SipHash on
+/// short keys. Keys are a writer's own markets, so flooding is not a concern.
+type FxBuild = std::hash::BuildHasherDefault<FxHasher>;
+
+#[derive(Clone, Copy, Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i.into());
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i.into());
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A line as the unique index sees it, as bits to hash: a NULL line is line 0, and -0.0 is 0.
+fn line_bits(line: Option<f64>) -> u64 {
+    let l = line.unwrap_or(0.0);
+    if l == 0.0 {
+        0.0f64.to_bits()
+    } else {
+        l.to_bits()
+    }
 }
 
 fn market_key(r: &MarketOdds) -> (i32, &str, &str, Option<f64>) {
@@ -235,9 +287,12 @@ fn key_cmp(
         .then_with(|| line0(a.3).total_cmp(&line0(b.3)))
 }
 
-/// A prepared batch as the typed arrays `partwarden.write_odds` takes, one per column, in
-/// [`MarketOdds`]'s field order.
-pub struct Columns<'a> {
+/// A prepared batch as the parameters of `partwarden.write_odds_packed` (migration
+/// `0008_write_odds_packed`): typed arrays, one element per market, in [`MarketOdds`]'s field
+/// order, except that the batch's outcomes and market_groups travel as one JSON array each
+/// (the server parses one value, not one per market), and that a market a [`OddsWriter`] knows
+/// to be unchanged travels as the row version it wrote instead of its JSON.
+pub struct Packed<'a> {
     event_id: Vec<i32>,
     bookmaker_slug: Vec<&'a str>,
     betpawa_market_id: Vec<&'a str>,
@@ -246,16 +301,80 @@ pub struct Columns<'a> {
     handicap_type: Vec<Option<&'a str>>,
     handicap_home: Vec<Option<f64>>,
     handicap_away: Vec<Option<f64>>,
-    outcomes: Vec<&'a serde_json::Value>,
-    market_groups: Vec<Option<&'a serde_json::Value>>,
+    outcomes: JsonText,
+    market_groups: JsonText,
     unavailable_at: Vec<Option<DateTime<Utc>>>,
     scraped_at: Vec<DateTime<Utc>>,
+    xmin: Vec<Xid>,
+    ctid: Vec<Tid>,
+    /// Per market, where its JSON is in `outcomes` and `market_groups` (`None` for a NULL
+    /// market_groups), or `None` when it was sent as a row version.
+    spans: Vec<Option<Spans>>,
 }
 
-impl<'a> Columns<'a> {
-    /// The columns of `rows` (as [`prepare`] returns them).
-    pub fn new(rows: &[&'a MarketOdds]) -> Columns<'a> {
-        Columns {
+/// Where a market's outcomes and market_groups are in a [`Packed`]'s JSON.
+#[derive(Clone, Debug)]
+struct Spans {
+    outcomes: std::ops::Range<usize>,
+    market_groups: Option<std::ops::Range<usize>>,
+}
+
+impl<'a> Packed<'a> {
+    /// The parameters of `rows` (as [`prepare`] returns them), every market with its JSON.
+    pub fn new(rows: &[&'a MarketOdds]) -> Packed<'a> {
+        Packed::with_versions(rows, |_, _, _| None)
+    }
+
+    /// The parameters of `rows`; a market for which `unchanged_since(row, outcomes JSON,
+    /// market_groups JSON)` gives a row version travels as that version instead of its JSON.
+    fn with_versions(
+        rows: &[&'a MarketOdds],
+        mut unchanged_since: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> Option<(Xid, Tid)>,
+    ) -> Packed<'a> {
+        let mut outcomes = Vec::with_capacity(rows.len() * 128);
+        let mut groups = Vec::with_capacity(rows.len() * 16);
+        let mut xmin = Vec::new();
+        let mut ctid = Vec::new();
+        let mut spans = Vec::with_capacity(rows.len());
+        outcomes.push(b'[');
+        groups.push(b'[');
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                outcomes.push(b',');
+                groups.push(b',');
+            }
+            let (o_at, g_at) = (outcomes.len(), groups.len());
+            serde_json::to_writer(&mut outcomes, &r.outcomes).expect("a JSON value serializes");
+            let o = o_at..outcomes.len();
+            // [groups] for a value, [] for NULL: the server takes element 0.
+            groups.push(b'[');
+            let g = r.market_groups.as_ref().map(|v| {
+                let at = groups.len();
+                serde_json::to_writer(&mut groups, v).expect("a JSON value serializes");
+                at..groups.len()
+            });
+            groups.push(b']');
+            let version = unchanged_since(r, &outcomes[o.clone()], g.clone().map(|g| &groups[g]));
+            match version {
+                Some((x, t)) => {
+                    // The number k: "unchanged since version k of p_xmin/p_ctid".
+                    outcomes.truncate(o_at);
+                    groups.truncate(g_at);
+                    xmin.push(x);
+                    ctid.push(t);
+                    outcomes.extend_from_slice(xmin.len().to_string().as_bytes());
+                    groups.push(b'0');
+                    spans.push(None);
+                }
+                None => spans.push(Some(Spans {
+                    outcomes: o,
+                    market_groups: g,
+                })),
+            }
+        }
+        outcomes.push(b']');
+        groups.push(b']');
+        Packed {
             event_id: rows.iter().map(|r| r.event_id).collect(),
             bookmaker_slug: rows.iter().map(|r| r.bookmaker_slug.as_str()).collect(),
             betpawa_market_id: rows.iter().map(|r| r.betpawa_market_id.as_str()).collect(),
@@ -267,15 +386,23 @@ impl<'a> Columns<'a> {
             handicap_type: rows.iter().map(|r| r.handicap_type.as_deref()).collect(),
             handicap_home: rows.iter().map(|r| r.handicap_home).collect(),
             handicap_away: rows.iter().map(|r| r.handicap_away).collect(),
-            outcomes: rows.iter().map(|r| &r.outcomes).collect(),
-            market_groups: rows.iter().map(|r| r.market_groups.as_ref()).collect(),
+            outcomes: JsonText(outcomes),
+            market_groups: JsonText(groups),
             unavailable_at: rows.iter().map(|r| r.unavailable_at).collect(),
             scraped_at: rows.iter().map(|r| r.scraped_at).collect(),
+            xmin,
+            ctid,
+            spans,
         }
     }
 
-    /// The twelve parameters with their types, `$1` .. `$12`.
-    pub fn params(&self) -> [(&(dyn ToSql + Sync), Type); 12] {
+    /// How many markets travel as a row version instead of their JSON.
+    pub fn sent_as_versions(&self) -> usize {
+        self.xmin.len()
+    }
+
+    /// The fourteen parameters with their types, `$1` .. `$14`.
+    pub fn params(&self) -> [(&(dyn ToSql + Sync), Type); 14] {
         [
             (&self.event_id, Type::INT4_ARRAY),
             (&self.bookmaker_slug, Type::TEXT_ARRAY),
@@ -285,21 +412,64 @@ impl<'a> Columns<'a> {
             (&self.handicap_type, Type::TEXT_ARRAY),
             (&self.handicap_home, Type::FLOAT8_ARRAY),
             (&self.handicap_away, Type::FLOAT8_ARRAY),
-            (&self.outcomes, Type::JSONB_ARRAY),
-            (&self.market_groups, Type::JSONB_ARRAY),
+            (&self.outcomes, Type::JSONB),
+            (&self.market_groups, Type::JSONB),
             (&self.unavailable_at, Type::TIMESTAMPTZ_ARRAY),
             (&self.scraped_at, Type::TIMESTAMPTZ_ARRAY),
+            (&self.xmin, Type::XID_ARRAY),
+            (&self.ctid, Type::TID_ARRAY),
         ]
+    }
+
+    /// Market `i`'s outcomes and market_groups JSON, when it was sent with them.
+    fn json_of(&self, i: usize) -> Option<(&[u8], Option<&[u8]>)> {
+        self.spans[i].as_ref().map(|s| {
+            (
+                &self.outcomes.0[s.outcomes.clone()],
+                s.market_groups.clone().map(|g| &self.market_groups.0[g]),
+            )
+        })
     }
 }
 
-/// The statement [`write_batch`] sends: the function of `schema/0003_write_odds.sql`, as
-/// `schema/0005_change_detection.sql` replaced it.
-pub const WRITE_SQL: &str =
-    "SELECT * FROM partwarden.write_odds($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// The statement [`write_batch`] and [`OddsWriter::write`] send: the function of
+/// `schema/0008_write_odds_packed.sql`.
+pub const WRITE_SQL: &str = "SELECT * FROM partwarden.write_odds_packed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// What the server answered to one [`Packed`] batch.
+struct Answer {
+    summary: WriteSummary,
+    /// A market sent as a row version was not that version any more: nothing was written.
+    cache_miss: bool,
+    /// Each market's row version now, in the batch's order, when every market was written.
+    versions: Option<(Vec<Xid>, Vec<Tid>)>,
+}
+
+async fn send(client: &impl GenericClient, packed: &Packed<'_>) -> Result<Answer, WriteError> {
+    let row = client
+        .query_typed_one(WRITE_SQL, &packed.params())
+        .await
+        .map_err(classify)?;
+    let n = |i: usize| row.get::<_, i64>(i) as u64;
+    let xmin: Option<Vec<Xid>> = row.get(6);
+    let ctid: Option<Vec<Tid>> = row.get(7);
+    Ok(Answer {
+        summary: WriteSummary {
+            inserted: n(0),
+            changed: n(1),
+            unchanged: n(2),
+            history_rows: n(3),
+            duplicates: 0,
+            stale: n(4),
+        },
+        cache_miss: row.get(5),
+        versions: xmin.zip(ctid),
+    })
+}
 
 /// Writes a scrape batch in one statement, one round trip. Works on a client or inside the
-/// caller's transaction (anything that is a [`GenericClient`]).
+/// caller's transaction (anything that is a [`GenericClient`]). Every market's JSON is sent;
+/// [`OddsWriter`] sends only what changed since its last write.
 ///
 /// Returns an error, and writes nothing, when a row is invalid ([`WriteError::InvalidInput`],
 /// before anything is sent), when the history table has no partition for a scrape instant
@@ -313,25 +483,20 @@ pub async fn write_batch(
     if rows.is_empty() {
         return Ok(WriteSummary::default());
     }
+    validate_all(rows)?;
+    let (rows, duplicates) = prepare(rows);
+    let answer = send(client, &Packed::new(&rows)).await?;
+    Ok(WriteSummary {
+        duplicates,
+        ..answer.summary
+    })
+}
+
+fn validate_all(rows: &[MarketOdds]) -> Result<(), WriteError> {
     for (index, r) in rows.iter().enumerate() {
         validate(r).map_err(|message| WriteError::InvalidInput { index, message })?;
     }
-    let (rows, duplicates) = prepare(rows);
-    let columns = Columns::new(&rows);
-    let params = columns.params();
-    let row = client
-        .query_typed_one(WRITE_SQL, &params)
-        .await
-        .map_err(classify)?;
-    let n = |i: usize| row.get::<_, i64>(i) as u64;
-    Ok(WriteSummary {
-        inserted: n(0),
-        changed: n(1),
-        unchanged: n(2),
-        history_rows: n(3),
-        duplicates,
-        stale: n(4),
-    })
+    Ok(())
 }
 
 /// Sets `unavailable_at = at` on the markets of `keys` that are available, in one statement
@@ -382,7 +547,14 @@ pub async fn mark_unavailable(
 }
 
 fn validate(r: &MarketOdds) -> Result<(), String> {
-    let chars = |s: &str| s.chars().count();
+    // A string has at most as many characters as bytes: count them only when it matters.
+    let chars = |s: &str| {
+        if s.len() <= 20 {
+            s.len()
+        } else {
+            s.chars().count()
+        }
+    };
     if chars(&r.bookmaker_slug) > 20 {
         return Err(format!(
             "bookmaker_slug {:?} is longer than 20 characters",

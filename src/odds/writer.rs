@@ -1,0 +1,332 @@
+//! [`OddsWriter`]: the write path of a scraper that writes the same markets cycle after cycle.
+//!
+//! Most markets of a scrape cycle did not change since the last one (80% in the benchmark),
+//! yet [`write_batch`](super::write_batch) sends every market's JSON and the server parses all
+//! of it. A writer that remembers, per market, the JSON it last wrote and the row version
+//! (`xmin`, `ctid`) its write made can send an unchanged market as that version alone; the
+//! server updates it only if the locked row is still that version, which proves the stored
+//! JSON is the one remembered (see `schema/0008_write_odds_packed.sql` for why). If any market
+//! of a batch is not, nothing of the batch is written and the writer sends it again with every
+//! market's JSON: a miss costs a second statement, never a wrong row.
+//!
+//! What is written is exactly what [`write_batch`](super::write_batch) writes: the same rows,
+//! the same change detection, history and counts, in the same single statement and key order.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use tokio_postgres::GenericClient;
+
+use super::{
+    Answer, FxBuild, MarketKey, MarketOdds, Packed, Tid, WriteError, WriteSummary, Xid, line_bits,
+    prepare, send, validate_all,
+};
+
+/// Whether `e` is the entry of `r`'s market (event and line being those of its slot).
+fn same_market(e: &Entry, r: &MarketOdds) -> bool {
+    *e.bookmaker_slug == *r.bookmaker_slug && *e.betpawa_market_id == *r.betpawa_market_id
+}
+
+/// The markets a writer remembers by default (about 250 bytes each with their JSON).
+const DEFAULT_CAPACITY: usize = 1_000_000;
+
+/// How long a remembered version is used: longer than any scrape interval, far shorter than
+/// the 2^31 transactions after which an xid can repeat.
+const DEFAULT_MAX_AGE: Duration = Duration::hours(1);
+
+/// What this writer last wrote of a market, and the row version that write made.
+#[derive(Debug)]
+struct Entry {
+    bookmaker_slug: Box<str>,
+    betpawa_market_id: Box<str>,
+    outcomes: Box<[u8]>,
+    market_groups: Option<Box<[u8]>>,
+    xmin: Xid,
+    ctid: Tid,
+    scraped_at: DateTime<Utc>,
+}
+
+/// What a writer sent since it was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batches written (each one statement, or two after a miss).
+    pub batches: u64,
+    /// Markets sent with their JSON.
+    pub sent_with_json: u64,
+    /// Markets sent as the row version this writer made, without their JSON.
+    pub sent_as_versions: u64,
+    /// Batches sent a second time, with every market's JSON, because a market sent as a
+    /// version was not that version any more.
+    pub resent: u64,
+}
+
+/// A writer of scrape batches that sends only the JSON of markets that changed since its
+/// last write of them. Keep one per connection (or per scraper) for the life of the process:
+///
+/// ```no_run
+/// # async fn demo(client: &tokio_postgres::Client, cycles: Vec<Vec<partwarden::odds::MarketOdds>>)
+/// # -> Result<(), partwarden::odds::WriteError> {
+/// let mut writer = partwarden::odds::OddsWriter::new();
+/// for cycle in cycles {
+///     for batch in cycle.chunks(5_000) {
+///         let summary = writer.write(client, batch).await?;
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// It remembers up to `capacity` markets (default 1,000,000; the least recently scraped are
+/// forgotten first) for an hour each. Writes by anyone else, including
+/// [`mark_unavailable`](super::mark_unavailable) and the application's own `UPDATE`s, are
+/// safe: the markets they touched miss once and are sent in full. Mark markets unavailable
+/// through [`OddsWriter::mark_unavailable`] to spare that miss.
+///
+/// Inside a transaction of the caller's, a batch with remembered markets runs in a
+/// subtransaction (the miss is rolled back to it): keep such a transaction under 64 batches,
+/// beyond which PostgreSQL's per-backend subtransaction cache overflows and every snapshot in
+/// the cluster gets slower while the transaction is open.
+#[derive(Debug)]
+pub struct OddsWriter {
+    /// By event and line (as the unique index sees it), the few markets of each: looked up
+    /// without allocating a key.
+    known: HashMap<(i32, u64), Vec<Entry>, FxBuild>,
+    len: usize,
+    capacity: usize,
+    max_age: Duration,
+    stats: WriterStats,
+}
+
+impl Default for OddsWriter {
+    fn default() -> Self {
+        OddsWriter::new()
+    }
+}
+
+impl OddsWriter {
+    /// A writer that remembers nothing yet.
+    pub fn new() -> OddsWriter {
+        OddsWriter::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A writer that remembers at most `markets` markets.
+    pub fn with_capacity(markets: usize) -> OddsWriter {
+        OddsWriter {
+            known: HashMap::default(),
+            len: 0,
+            capacity: markets,
+            max_age: DEFAULT_MAX_AGE,
+            stats: WriterStats::default(),
+        }
+    }
+
+    /// How many markets it remembers.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it remembers no market.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What it sent so far.
+    pub fn stats(&self) -> WriterStats {
+        self.stats
+    }
+
+    /// Forgets every market: the next batches are sent in full.
+    pub fn forget(&mut self) {
+        self.known.clear();
+        self.len = 0;
+    }
+
+    /// Writes a scrape batch: what [`write_batch`](super::write_batch) writes, with the same
+    /// errors, sending the JSON only of markets that are new or changed since this writer's
+    /// last write of them. On an error nothing of the batch is written and the writer forgets
+    /// the batch's markets.
+    pub async fn write(
+        &mut self,
+        client: &impl GenericClient,
+        rows: &[MarketOdds],
+    ) -> Result<WriteSummary, WriteError> {
+        if rows.is_empty() {
+            return Ok(WriteSummary::default());
+        }
+        validate_all(rows)?;
+        let (rows, duplicates) = prepare(rows);
+        self.stats.batches += 1;
+        let packed = Packed::with_versions(&rows, |r, o, g| self.unchanged_since(r, o, g));
+        let mut answer = self.send(client, &packed, &rows).await?;
+        let packed = if answer.cache_miss {
+            self.stats.resent += 1;
+            self.forget_rows(&rows);
+            let full = Packed::new(&rows);
+            answer = self.send(client, &full, &rows).await?;
+            full
+        } else {
+            packed
+        };
+        let as_versions = packed.sent_as_versions() as u64;
+        self.stats.sent_as_versions += as_versions;
+        self.stats.sent_with_json += rows.len() as u64 - as_versions;
+        self.remember(&rows, &packed, answer.versions);
+        Ok(WriteSummary {
+            duplicates,
+            ..answer.summary
+        })
+    }
+
+    /// The parameters [`OddsWriter::write`] would send first for `rows` (as
+    /// [`prepare`](super::prepare) returns them), to run its statement elsewhere (the
+    /// benchmark runs it server-side).
+    pub fn statement<'a>(&self, rows: &[&'a MarketOdds]) -> Packed<'a> {
+        Packed::with_versions(rows, |r, o, g| self.unchanged_since(r, o, g))
+    }
+
+    /// [`mark_unavailable`](super::mark_unavailable), forgetting the markets it marks (their
+    /// rows get a new version).
+    pub async fn mark_unavailable(
+        &mut self,
+        client: &impl GenericClient,
+        keys: &[MarketKey],
+        at: DateTime<Utc>,
+    ) -> Result<u64, WriteError> {
+        for k in keys {
+            self.remove(k.event_id, &k.bookmaker_slug, &k.betpawa_market_id, k.line);
+        }
+        super::mark_unavailable(client, keys, at).await
+    }
+
+    async fn send(
+        &mut self,
+        client: &impl GenericClient,
+        packed: &Packed<'_>,
+        rows: &[&MarketOdds],
+    ) -> Result<Answer, WriteError> {
+        let answer = send(client, packed).await;
+        if answer.is_err() {
+            self.forget_rows(rows);
+        }
+        answer
+    }
+
+    /// The version to send `r` as: when this writer wrote exactly this JSON for it, less than
+    /// `max_age` before this (newer) scrape.
+    fn unchanged_since(
+        &self,
+        r: &MarketOdds,
+        outcomes: &[u8],
+        market_groups: Option<&[u8]>,
+    ) -> Option<(Xid, Tid)> {
+        let e = self.entry(r)?;
+        let age = r.scraped_at - e.scraped_at;
+        let fresh = age > Duration::zero() && age <= self.max_age;
+        (fresh && *e.outcomes == *outcomes && e.market_groups.as_deref() == market_groups)
+            .then_some((e.xmin, e.ctid))
+    }
+
+    fn remember(
+        &mut self,
+        rows: &[&MarketOdds],
+        packed: &Packed<'_>,
+        versions: Option<(Vec<Xid>, Vec<Tid>)>,
+    ) {
+        let Some((xmin, ctid)) =
+            versions.filter(|(x, t)| x.len() == rows.len() && t.len() == rows.len())
+        else {
+            // Some market was stale: which version each has is not known.
+            self.forget_rows(rows);
+            return;
+        };
+        for (i, r) in rows.iter().enumerate() {
+            match packed.json_of(i) {
+                Some((outcomes, market_groups)) => {
+                    let entry = Entry {
+                        bookmaker_slug: r.bookmaker_slug.as_str().into(),
+                        betpawa_market_id: r.betpawa_market_id.as_str().into(),
+                        outcomes: outcomes.into(),
+                        market_groups: market_groups.map(Into::into),
+                        xmin: xmin[i],
+                        ctid: ctid[i],
+                        scraped_at: r.scraped_at,
+                    };
+                    let slots = self
+                        .known
+                        .entry((r.event_id, line_bits(r.line)))
+                        .or_default();
+                    match slots.iter_mut().find(|e| same_market(e, r)) {
+                        Some(e) => *e = entry,
+                        None => {
+                            slots.push(entry);
+                            self.len += 1;
+                        }
+                    }
+                }
+                None => {
+                    let slots = self.known.get_mut(&(r.event_id, line_bits(r.line)));
+                    if let Some(e) = slots.and_then(|s| s.iter_mut().find(|e| same_market(e, r))) {
+                        e.xmin = xmin[i];
+                        e.ctid = ctid[i];
+                        e.scraped_at = r.scraped_at;
+                    }
+                }
+            }
+        }
+        self.keep_within_capacity();
+    }
+
+    fn entry(&self, r: &MarketOdds) -> Option<&Entry> {
+        self.known
+            .get(&(r.event_id, line_bits(r.line)))?
+            .iter()
+            .find(|e| same_market(e, r))
+    }
+
+    fn remove(&mut self, event_id: i32, bookmaker_slug: &str, market_id: &str, line: Option<f64>) {
+        let key = (event_id, line_bits(line));
+        if let Some(slots) = self.known.get_mut(&key) {
+            let before = slots.len();
+            slots.retain(|e| {
+                !(&*e.bookmaker_slug == bookmaker_slug && &*e.betpawa_market_id == market_id)
+            });
+            self.len -= before - slots.len();
+            if slots.is_empty() {
+                self.known.remove(&key);
+            }
+        }
+    }
+
+    fn forget_rows(&mut self, rows: &[&MarketOdds]) {
+        for r in rows {
+            self.remove(r.event_id, &r.bookmaker_slug, &r.betpawa_market_id, r.line);
+        }
+    }
+
+    /// Over capacity, keeps the three quarters of it scraped last.
+    fn keep_within_capacity(&mut self) {
+        if self.len <= self.capacity {
+            return;
+        }
+        let keep = self.capacity * 3 / 4;
+        if keep == 0 {
+            self.forget();
+            return;
+        }
+        let mut at: Vec<DateTime<Utc>> = self
+            .known
+            .values()
+            .flatten()
+            .map(|e| e.scraped_at)
+            .collect();
+        let drop = at.len() - keep;
+        let (_, cutoff, _) = at.select_nth_unstable(drop - 1);
+        let cutoff = *cutoff;
+        let mut len = 0;
+        self.known.retain(|_, slots| {
+            slots.retain(|e| e.scraped_at > cutoff);
+            len += slots.len();
+            !slots.is_empty()
+        });
+        self.len = len;
+    }
+}

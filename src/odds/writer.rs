@@ -12,7 +12,10 @@
 //! What is written is exactly what [`write_batch`](super::write_batch) writes: the same rows,
 //! the same change detection, history and counts, in the same single statement and key order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
 
 use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::GenericClient;
@@ -33,6 +36,16 @@ const DEFAULT_CAPACITY: usize = 1_000_000;
 /// How long a remembered version is used: longer than any scrape interval, far shorter than
 /// the 2^31 transactions after which an xid can repeat.
 const DEFAULT_MAX_AGE: Duration = Duration::hours(1);
+
+/// A batch's statement, sent or about to be: its index, its parameters and the answer.
+type InFlight<'a> =
+    Pin<Box<dyn Future<Output = (usize, Packed<'a>, Result<Answer, WriteError>)> + Send + 'a>>;
+
+/// A cycle's counts so far, and its first error.
+struct Progress {
+    total: WriteSummary,
+    error: Option<WriteError>,
+}
 
 /// What this writer last wrote of a market, and the row version that write made.
 #[derive(Debug)]
@@ -144,36 +157,120 @@ impl OddsWriter {
     /// errors, sending the JSON only of markets that are new or changed since this writer's
     /// last write of them. On an error nothing of the batch is written and the writer forgets
     /// the batch's markets.
-    pub async fn write(
+    pub async fn write<C: GenericClient + Sync>(
         &mut self,
-        client: &impl GenericClient,
+        client: &C,
         rows: &[MarketOdds],
+    ) -> Result<WriteSummary, WriteError> {
+        self.write_cycle(client, rows, rows.len()).await
+    }
+
+    /// Writes a whole scrape cycle as batches of `batch_size` markets, pipelined: while the
+    /// server runs one batch, the next is prepared and queued behind it on the connection, so
+    /// the client's work (sorting, serializing, comparing with what it wrote) costs no time of
+    /// the server's. (That needs a multi-threaded tokio runtime, where the connection's task
+    /// runs beside this one.)
+    ///
+    /// The cycle is deduplicated and sorted as one batch, then cut into batches in key order:
+    /// a market is in one batch only. Each batch is one statement, atomic on its own. On an
+    /// error the batches before it in key order (and the one queued behind it) are written,
+    /// no later one is sent, and the first error is returned; writing the same cycle again is
+    /// safe (what was written is left alone as stale, the rest is written).
+    pub async fn write_cycle<C: GenericClient + Sync>(
+        &mut self,
+        client: &C,
+        rows: &[MarketOdds],
+        batch_size: usize,
     ) -> Result<WriteSummary, WriteError> {
         if rows.is_empty() {
             return Ok(WriteSummary::default());
         }
         validate_all(rows)?;
         let (rows, duplicates) = prepare(rows);
-        self.stats.batches += 1;
-        let packed = Packed::with_versions(&rows, |r, o, g| self.unchanged_since(r, o, g));
-        let mut answer = self.send(client, &packed, &rows).await?;
-        let packed = if answer.cache_miss {
-            self.stats.resent += 1;
-            self.forget_rows(&rows);
-            let full = Packed::new(&rows);
-            answer = self.send(client, &full, &rows).await?;
-            full
-        } else {
-            packed
+        let chunks: Vec<&[&MarketOdds]> = rows.chunks(batch_size.max(1)).collect();
+        let mut progress = Progress {
+            total: WriteSummary {
+                duplicates,
+                ..WriteSummary::default()
+            },
+            error: None,
         };
-        let as_versions = packed.sent_as_versions() as u64;
-        self.stats.sent_as_versions += as_versions;
-        self.stats.sent_with_json += rows.len() as u64 - as_versions;
-        self.remember(&rows, &packed, answer.versions);
-        Ok(WriteSummary {
-            duplicates,
-            ..answer.summary
-        })
+        let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if progress.error.is_some() {
+                break;
+            }
+            let packed = Packed::with_versions(chunk, |r, o, g| self.unchanged_since(r, o, g));
+            let mut statement: InFlight<'_> = Box::pin(async move {
+                let answer = send(client, &packed).await;
+                (i, packed, answer)
+            });
+            // Its first poll sends the request; it then waits behind the one running.
+            match poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await {
+                Poll::Ready((i, packed, answer)) => {
+                    self.settle(client, chunks[i], packed, answer, &mut progress)
+                        .await
+                }
+                Poll::Pending => in_flight.push_back(statement),
+            }
+            // One statement running, one queued: enough to keep the server busy.
+            while in_flight.len() >= 2 {
+                let (i, packed, answer) = in_flight.pop_front().expect("two in flight").await;
+                self.settle(client, chunks[i], packed, answer, &mut progress)
+                    .await;
+            }
+        }
+        while let Some(statement) = in_flight.pop_front() {
+            let (i, packed, answer) = statement.await;
+            self.settle(client, chunks[i], packed, answer, &mut progress)
+                .await;
+        }
+        match progress.error {
+            Some(e) => Err(e),
+            None => Ok(progress.total),
+        }
+    }
+
+    /// Takes a batch's answer: counts and remembers it, or after a miss sends it again with
+    /// every market's JSON, or keeps the first error.
+    async fn settle<C: GenericClient + Sync>(
+        &mut self,
+        client: &C,
+        rows: &[&MarketOdds],
+        packed: Packed<'_>,
+        answer: Result<Answer, WriteError>,
+        progress: &mut Progress,
+    ) {
+        self.stats.batches += 1;
+        let (packed, answer) = match answer {
+            Ok(a) if a.cache_miss => {
+                self.stats.resent += 1;
+                self.forget_rows(rows);
+                let full = Packed::new(rows);
+                let answer = send(client, &full).await;
+                (full, answer)
+            }
+            other => (packed, other),
+        };
+        match answer {
+            Ok(a) => {
+                let as_versions = packed.sent_as_versions() as u64;
+                self.stats.sent_as_versions += as_versions;
+                self.stats.sent_with_json += rows.len() as u64 - as_versions;
+                let s = a.summary;
+                let t = &mut progress.total;
+                t.inserted += s.inserted;
+                t.changed += s.changed;
+                t.unchanged += s.unchanged;
+                t.history_rows += s.history_rows;
+                t.stale += s.stale;
+                self.remember(rows, &packed, a.versions);
+            }
+            Err(e) => {
+                self.forget_rows(rows);
+                progress.error.get_or_insert(e);
+            }
+        }
     }
 
     /// The parameters [`OddsWriter::write`] would send first for `rows` (as
@@ -185,9 +282,9 @@ impl OddsWriter {
 
     /// [`mark_unavailable`](super::mark_unavailable), forgetting the markets it marks (their
     /// rows get a new version).
-    pub async fn mark_unavailable(
+    pub async fn mark_unavailable<C: GenericClient + Sync>(
         &mut self,
-        client: &impl GenericClient,
+        client: &C,
         keys: &[MarketKey],
         at: DateTime<Utc>,
     ) -> Result<u64, WriteError> {
@@ -195,19 +292,6 @@ impl OddsWriter {
             self.remove(k.event_id, &k.bookmaker_slug, &k.betpawa_market_id, k.line);
         }
         super::mark_unavailable(client, keys, at).await
-    }
-
-    async fn send(
-        &mut self,
-        client: &impl GenericClient,
-        packed: &Packed<'_>,
-        rows: &[&MarketOdds],
-    ) -> Result<Answer, WriteError> {
-        let answer = send(client, packed).await;
-        if answer.is_err() {
-            self.forget_rows(rows);
-        }
-        answer
     }
 
     /// The version to send `r` as: when this writer wrote exactly this JSON for it, less than

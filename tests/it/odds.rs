@@ -911,3 +911,95 @@ async fn concurrent_odds_writers_miss_and_resend_without_deadlock() {
     assert_eq!(wrong, 0, "every market has the odds of the last round");
     println!("resent batches {resent}, markets sent as versions {as_versions}");
 }
+
+/// A cycle in pipelined batches writes what batch-by-batch writes, and the second cycle sends
+/// its unchanged markets without JSON.
+#[tokio::test]
+async fn write_cycle_pipelines_batches_and_writes_what_write_batch_writes() {
+    let db = bootstrapped("odds_write_cycle").await;
+    let c = db.client().await;
+    let t = now() - Duration::minutes(30);
+    // 250 markets, in no particular order, with a duplicate of event 7 (the later one wins).
+    let scrape = |at: DateTime<Utc>, bump: f64| -> Vec<MarketOdds> {
+        let mut v: Vec<MarketOdds> = (0..250)
+            .rev()
+            .map(|e| {
+                let o = if e % 5 == 0 { 1.5 + bump } else { 1.5 };
+                market(e, "1x2", None, &[("1", o)], at)
+            })
+            .collect();
+        let mut dup = v[10].clone();
+        dup.outcomes = json!([{"name": "1", "odds": 9.0, "is_active": true}]);
+        v.push(dup);
+        v
+    };
+    let mut w = OddsWriter::new();
+    let s = w.write_cycle(&c, &scrape(t, 0.0), 40).await.unwrap();
+    assert_eq!(
+        (s.inserted, s.history_rows, s.duplicates, s.stale),
+        (250, 250, 1, 0)
+    );
+    assert_eq!(w.stats().batches, 7, "250 markets in batches of 40");
+    let s = w
+        .write_cycle(&c, &scrape(t + Duration::minutes(5), 0.1), 40)
+        .await
+        .unwrap();
+    // Every fifth market changed; event 239 (v[10]) got 9.0 both times.
+    assert_eq!((s.changed, s.unchanged, s.history_rows), (50, 200, 50));
+    assert_eq!(w.stats().sent_as_versions, 200);
+    assert_eq!(w.stats().resent, 0);
+    let wrong: i64 = c
+        .query_one(
+            "SELECT count(*) FROM market_odds_current WHERE outcomes -> 0 -> 'odds' <> \
+             CASE WHEN event_id = 239 THEN 9.0 WHEN event_id % 5 = 0 THEN 1.6 ELSE 1.5 END::text::jsonb",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+    assert_eq!(history_count(&c).await, 300);
+}
+
+/// A batch that fails stops the cycle: batches before it are written, none after the one
+/// queued behind it is sent, the error is the batch's, and writing the cycle again finishes it.
+#[tokio::test]
+async fn write_cycle_stops_at_the_first_failed_batch_and_can_be_written_again() {
+    let db = bootstrapped("odds_write_cycle_error").await;
+    let c = db.client().await;
+    let at = now() - Duration::minutes(30);
+    let far: DateTime<Utc> = "2040-05-01T12:00:00Z".parse().unwrap();
+    // Events 0..50 in batches of 5; events 10..15 (the third batch) have no partition.
+    let cycle = |late: DateTime<Utc>| -> Vec<MarketOdds> {
+        (0..50)
+            .map(|e| {
+                let when = if (10..15).contains(&e) { late } else { at };
+                market(e, "1x2", None, &[("1", 1.5)], when)
+            })
+            .collect()
+    };
+    let mut w = OddsWriter::new();
+    let e = w.write_cycle(&c, &cycle(far), 5).await.unwrap_err();
+    assert!(matches!(e, WriteError::MissingPartition { .. }), "{e:?}");
+    let written: Vec<i32> = c
+        .query("SELECT event_id FROM market_odds_current ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(&written[..10], &(0..10).collect::<Vec<_>>()[..]);
+    assert!(
+        written.len() == 10 || written[10..] == (15..20).collect::<Vec<_>>()[..],
+        "only the batch queued behind the failed one may follow it: {written:?}"
+    );
+    let s = w.write_cycle(&c, &cycle(at), 5).await.unwrap();
+    assert_eq!(s.inserted + s.stale, 50);
+    assert_eq!(s.stale as usize, written.len());
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((n, history_count(&c).await), (50, 50));
+}

@@ -4,7 +4,7 @@
 //!
 //! **Application writers** depend on this crate with `default-features = false` and get
 //! [`odds`] (the write path) and [`dberror`], compiled with tokio-postgres, serde, serde_json,
-//! chrono and thiserror only (`scripts/check-odds-deps.sh` keeps it so).
+//! chrono, thiserror and bytes only (`scripts/check-odds-deps.sh` keeps it so).
 //!
 //! **The daemon** (feature `daemon`, on by default) is driven through a small public surface:
 //! the operations [`bootstrap::run`], [`pass::run_once`] / [`pass::run`], [`check::run`],

@@ -1,11 +1,15 @@
 //! The odds write path: one round trip per scrape batch, at the database's speed.
 //!
-//! Application writers call [`write_batch`] with a scrape's markets. It keeps the latest
-//! scrape of each key when a batch repeats one (the later row of the batch when the instants
-//! tie), sorts the batch by key, and sends one statement with typed array parameters (no SQL is
-//! built from values): a call of `partwarden.write_odds`, which migration `0003_write_odds`
-//! creates and `0005_change_detection` makes cheaper. On the server, in one pass over the batch in key order (so concurrent writers with
-//! overlapping keys take their row locks in one global order and never deadlock):
+//! Application writers call [`write_batch`] with a scrape's markets, or keep an
+//! [`OddsWriter`] (`writer.rs`), which writes the same but sends only the JSON of markets that
+//! changed since its last write, and pipelines a cycle's batches. [`write_batch`] keeps the
+//! latest scrape of each key when a batch repeats one (the later row of the batch when the
+//! instants tie), sorts the batch by key, and sends one statement with typed parameters (no SQL
+//! is built from values): a call of `partwarden.write_odds_packed` (migration
+//! `0008_write_odds_packed`: the upsert of `0003_write_odds` with the change detection of
+//! `0005_change_detection`, the batch's JSON as one value). On the server, in one pass over the
+//! batch in key order (so concurrent writers with overlapping keys take their row locks in one
+//! global order and never deadlock):
 //!
 //! 1. `market_odds_current` is upserted on its conflict target, the unique index
 //!    `(event_id, bookmaker_slug, betpawa_market_id, COALESCE(line, 0))`: new markets are

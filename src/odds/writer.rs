@@ -81,9 +81,8 @@ pub struct WriterStats {
 /// # -> Result<(), partwarden::odds::WriteError> {
 /// let mut writer = partwarden::odds::OddsWriter::new();
 /// for cycle in cycles {
-///     for batch in cycle.chunks(5_000) {
-///         let summary = writer.write(client, batch).await?;
-///     }
+///     // Batches of 5,000, pipelined; or writer.write(client, batch) one batch at a time.
+///     let summary = writer.write_cycle(client, &cycle, 5_000).await?;
 /// }
 /// # Ok(()) }
 /// ```

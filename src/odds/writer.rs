@@ -41,6 +41,23 @@ const DEFAULT_MAX_AGE: Duration = Duration::hours(1);
 type InFlight<'a> =
     Pin<Box<dyn Future<Output = (usize, Packed<'a>, Result<Answer, WriteError>)> + Send + 'a>>;
 
+/// Sends batch `i`'s statement: the request goes out on the first poll, which this does; the
+/// answer is awaited later, in order.
+async fn start<'a, C: GenericClient + Sync>(
+    client: &'a C,
+    i: usize,
+    packed: Packed<'a>,
+) -> InFlight<'a> {
+    let mut statement: InFlight<'a> = Box::pin(async move {
+        let answer = send(client, &packed).await;
+        (i, packed, answer)
+    });
+    match poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await {
+        Poll::Ready(done) => Box::pin(std::future::ready(done)),
+        Poll::Pending => statement,
+    }
+}
+
 /// A cycle's counts so far, and its first error.
 struct Progress {
     total: WriteSummary,
@@ -194,35 +211,29 @@ impl OddsWriter {
             },
             error: None,
         };
+        // Statements sent and not yet answered, oldest first. Their answers come back in this
+        // order, and only the oldest is ever awaited: awaiting a later one would leave the
+        // earlier one's answer unread, and tokio-postgres stops reading the connection when a
+        // statement's answer is not taken.
         let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
-        for (i, chunk) in chunks.iter().enumerate() {
-            if progress.error.is_some() {
-                break;
-            }
-            let packed = Packed::with_versions(chunk, |r, o, g| self.unchanged_since(r, o, g));
-            let mut statement: InFlight<'_> = Box::pin(async move {
-                let answer = send(client, &packed).await;
-                (i, packed, answer)
-            });
-            // Its first poll sends the request; it then waits behind the one running.
-            match poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await {
-                Poll::Ready((i, packed, answer)) => {
-                    self.settle(client, chunks[i], packed, answer, &mut progress)
-                        .await
-                }
-                Poll::Pending => in_flight.push_back(statement),
-            }
+        let mut next = 0;
+        loop {
             // One statement running, one queued: enough to keep the server busy.
-            while in_flight.len() >= 2 {
-                let (i, packed, answer) = in_flight.pop_front().expect("two in flight").await;
-                self.settle(client, chunks[i], packed, answer, &mut progress)
-                    .await;
+            while in_flight.len() < 2 && next < chunks.len() && progress.error.is_none() {
+                let packed =
+                    Packed::with_versions(chunks[next], |r, o, g| self.unchanged_since(r, o, g));
+                in_flight.push_back(start(client, next, packed).await);
+                next += 1;
             }
-        }
-        while let Some(statement) = in_flight.pop_front() {
+            let Some(statement) = in_flight.pop_front() else {
+                break;
+            };
             let (i, packed, answer) = statement.await;
-            self.settle(client, chunks[i], packed, answer, &mut progress)
-                .await;
+            if self.settle(chunks[i], packed, answer, &mut progress) {
+                // A market was not the version sent: the batch again, with every market's
+                // JSON (which cannot miss), behind the statements already sent.
+                in_flight.push_back(start(client, i, Packed::new(chunks[i])).await);
+            }
         }
         match progress.error {
             Some(e) => Err(e),
@@ -230,28 +241,22 @@ impl OddsWriter {
         }
     }
 
-    /// Takes a batch's answer: counts and remembers it, or after a miss sends it again with
-    /// every market's JSON, or keeps the first error.
-    async fn settle<C: GenericClient + Sync>(
+    /// Takes a batch's answer: counts and remembers it, or keeps the first error. Returns
+    /// whether the batch missed and must be sent again in full.
+    fn settle(
         &mut self,
-        client: &C,
         rows: &[&MarketOdds],
         packed: Packed<'_>,
         answer: Result<Answer, WriteError>,
         progress: &mut Progress,
-    ) {
+    ) -> bool {
         self.stats.batches += 1;
-        let (packed, answer) = match answer {
+        match answer {
             Ok(a) if a.cache_miss => {
                 self.stats.resent += 1;
                 self.forget_rows(rows);
-                let full = Packed::new(rows);
-                let answer = send(client, &full).await;
-                (full, answer)
+                true
             }
-            other => (packed, other),
-        };
-        match answer {
             Ok(a) => {
                 let as_versions = packed.sent_as_versions() as u64;
                 self.stats.sent_as_versions += as_versions;
@@ -264,10 +269,12 @@ impl OddsWriter {
                 t.history_rows += s.history_rows;
                 t.stale += s.stale;
                 self.remember(rows, &packed, a.versions);
+                false
             }
             Err(e) => {
                 self.forget_rows(rows);
                 progress.error.get_or_insert(e);
+                false
             }
         }
     }

@@ -1003,3 +1003,45 @@ async fn write_cycle_stops_at_the_first_failed_batch_and_can_be_written_again() 
         .get(0);
     assert_eq!((n, history_count(&c).await), (50, 50));
 }
+
+/// A miss in a pipelined cycle: the batch is sent again behind the ones in flight, and the
+/// cycle completes (a resend awaited out of order would stall the connection: the response of
+/// the batch queued before it is never read).
+#[tokio::test]
+async fn write_cycle_resends_a_missed_batch_behind_the_ones_in_flight() {
+    let db = bootstrapped("odds_write_cycle_miss").await;
+    let c = db.client().await;
+    let t = now() - Duration::minutes(30);
+    let scrape = |at: DateTime<Utc>| -> Vec<MarketOdds> {
+        (0..20_000)
+            .map(|e| market(e, "1x2", None, &[("1", 1.5), ("X", 3.0)], at))
+            .collect()
+    };
+    let mut w = OddsWriter::new();
+    w.write_cycle(&c, &scrape(t), 5000).await.unwrap();
+    // Someone else writes two markets of the first batches.
+    let mut other = scrape(t + Duration::minutes(1));
+    other.retain(|m| m.event_id == 3 || m.event_id == 5010);
+    for m in &mut other {
+        m.outcomes = json!([{"name": "1", "odds": 8.0}]);
+    }
+    write_batch(&c, &other).await.unwrap();
+    let s = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        w.write_cycle(&c, &scrape(t + Duration::minutes(2)), 5000),
+    )
+    .await
+    .expect("the cycle completes")
+    .unwrap();
+    assert_eq!((s.changed, s.unchanged, s.history_rows), (2, 19_998, 2));
+    assert_eq!(w.stats().resent, 2, "the two batches with those markets");
+    let wrong: i64 = c
+        .query_one(
+            "SELECT count(*) FROM market_odds_current WHERE outcomes -> 0 -> 'odds' <> '1.5'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(wrong, 0);
+}

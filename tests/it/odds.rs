@@ -40,6 +40,13 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(Utc::now().timestamp_micros()).unwrap()
 }
 
+async fn current_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one("SELECT count(*) FROM market_odds_current", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn history_count(c: &tokio_postgres::Client) -> i64 {
     c.query_one("SELECT count(*) FROM market_odds_history", &[])
         .await
@@ -170,11 +177,7 @@ async fn a_null_line_and_line_zero_are_the_same_market() {
     .await
     .unwrap();
     assert_eq!((s.inserted, s.changed), (0, 1));
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM market_odds_current", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = current_count(&c).await;
     assert_eq!(n, 1);
     // A different line is a different market.
     let s = write_batch(
@@ -196,11 +199,7 @@ async fn inside_a_transaction_that_rolls_back_nothing_is_written() {
         .unwrap();
     assert_eq!(s.inserted, 1);
     tx.rollback().await.unwrap();
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM market_odds_current", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = current_count(&c).await;
     assert_eq!((n, history_count(&c).await), (0, 0));
 }
 
@@ -231,11 +230,7 @@ async fn a_missing_partition_is_a_typed_error_and_nothing_is_written() {
             .contains("no partition of market_odds_history for captured_at = 2040-05-01"),
         "{e}"
     );
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM market_odds_current", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = current_count(&c).await;
     assert_eq!(
         (n, history_count(&c).await),
         (0, 0),
@@ -996,11 +991,7 @@ async fn write_cycle_stops_at_the_first_failed_batch_and_can_be_written_again() 
     let s = w.write_cycle(&c, &cycle(at), 5).await.unwrap();
     assert_eq!(s.inserted + s.stale, 50);
     assert_eq!(s.stale as usize, written.len());
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM market_odds_current", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n = current_count(&c).await;
     assert_eq!((n, history_count(&c).await), (50, 50));
 }
 

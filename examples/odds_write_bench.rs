@@ -3,16 +3,20 @@
 //! Realistic rows: 3 bookmakers, 20,000 events, 1X2 / over-under / handicap markets with lines,
 //! 2-3 outcomes each. Two cycles: a fresh load, then a steady-state cycle where 20% of the
 //! markets changed. For each cycle, on the same rows and from the same starting state:
-//! 1. `write_batch` with batches of 1,000 and 5,000;
+//! 1. `write_batch` with batches of 1,000 and 5,000, and the same with an `OddsWriter`, one
+//!    batch at a time (`write`) and pipelined (`write_cycle`); in the steady cycle the writer
+//!    is the one that wrote the fresh cycle, as a scraper's is from its second cycle on;
 //! 2. the naive path: one `INSERT ... ON CONFLICT` per market, one round trip each (measured on
 //!    the first 20,000 markets, which is plenty for a rate);
 //! 3. the server-side ceiling: the very same upsert and history statement
-//!    (`partwarden.write_odds`) run on the whole cycle's arrays, already loaded into an
-//!    unlogged table: no parameters cross the wire.
+//!    (`partwarden.write_odds_packed`) run on the whole cycle's parameters, already loaded into
+//!    an unlogged table, so no parameter crosses the wire; and the same for the statement before
+//!    it (`partwarden.write_odds`, the JSON as `jsonb[]`). Ratios are taken against the faster
+//!    of the two. In the steady cycle it also runs the writer's own statement (most markets as
+//!    row versions) server-side, for the record.
 //!
 //! Run: `cargo run --release --example odds_write_bench -- --markets 200000` (starts its own
-//! throwaway PostgreSQL, like the tests); `--runs 3` repeats the ceiling and `write_batch`
-//! measurements; `--no-naive` leaves out the two one-round-trip-per-market paths (slow).
+//! throwaway PostgreSQL, like the tests); `--runs 3` repeats the ceilings and the batched paths; `--no-naive` leaves out the two one-round-trip-per-market paths (slow).
 
 mod common;
 use common as pg;
@@ -241,7 +245,7 @@ async fn main() {
         );
         let (best, ceiling) = (batch_rates[runs - 1], ceilings[runs - 1]);
         println!(
-            "best write_batch / ceiling = {:.2} (target >= 0.8)   best write_batch / naive = {:.1}x (target >= 20x)",
+            "best path / ceiling = {:.2} (target >= 0.8)   best path / naive = {:.1}x (target >= 20x)",
             best / ceiling,
             best / naive
         );

@@ -79,7 +79,7 @@ struct Entry {
 /// What a writer sent since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Batches written (each one statement, or two after a miss).
+    /// Statements answered: one per batch, two for a batch that missed.
     pub batches: u64,
     /// Markets sent with their JSON.
     pub sent_with_json: u64,
@@ -184,8 +184,8 @@ impl OddsWriter {
     /// Writes a whole scrape cycle as batches of `batch_size` markets, pipelined: while the
     /// server runs one batch, the next is prepared and queued behind it on the connection, so
     /// the client's work (sorting, serializing, comparing with what it wrote) costs no time of
-    /// the server's. (That needs a multi-threaded tokio runtime, where the connection's task
-    /// runs beside this one.)
+    /// the server's: the server starts the next statement as soon as it answers one, and this
+    /// task prepares the one after while it runs.
     ///
     /// The cycle is deduplicated and sorted as one batch, then cut into batches in key order:
     /// a market is in one batch only. Each batch is one statement, atomic on its own. On an
@@ -213,8 +213,8 @@ impl OddsWriter {
         };
         // Statements sent and not yet answered, oldest first. Their answers come back in this
         // order, and only the oldest is ever awaited: awaiting a later one would leave the
-        // earlier one's answer unread, and tokio-postgres stops reading the connection when a
-        // statement's answer is not taken.
+        // earlier one's answer unread, and tokio-postgres stops reading the connection when
+        // the answer of a statement nobody polls fills its channel.
         let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
         let mut next = 0;
         loop {

@@ -64,7 +64,7 @@ mod wire;
 mod writer;
 
 use wire::JsonText;
-pub use wire::{Tid, Xid};
+use wire::{Tid, Xid};
 pub use writer::{OddsWriter, WriterStats};
 
 /// One market of one bookmaker for one event, as scraped: the writable columns of

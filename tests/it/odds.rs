@@ -765,7 +765,29 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     assert_eq!(history_count(&c).await, before + 1);
     assert_eq!(stored(&c, 5).await.0[0]["odds"], json!(1.5));
 
-    // 6. A replayed (stale) batch: counted stale, nothing rolled back.
+    // 6. VACUUM FULL moves every row (new ctids): the batch misses once and is sent in full.
+    c.batch_execute("VACUUM FULL market_odds_current")
+        .await
+        .unwrap();
+    let resent = w.stats().resent;
+    let s = w
+        .write(
+            &c,
+            &moved
+                .iter()
+                .cloned()
+                .map(|mut m| {
+                    m.scraped_at = at(8) + Duration::seconds(30);
+                    m
+                })
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((s.unchanged, s.history_rows), (20, 0));
+    assert_eq!(w.stats().resent, resent + 1);
+
+    // 7. A replayed (stale) batch: counted stale, nothing rolled back.
     let s = w.write(&c, &cycle(at(2), 1.5)).await.unwrap();
     assert_eq!(s.stale, 20, "{s:?}");
     assert_eq!(stored(&c, 3).await.0[0]["odds"], json!(2.0));

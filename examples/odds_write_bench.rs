@@ -103,25 +103,21 @@ async fn main() {
             // Ceilings: each statement over its parameters loaded into an unlogged table.
             reset(&c, setup).await;
             load_staging(&c, &odds::Packed::new(&prepared)).await;
-            checkpoint(&c).await;
-            let t = Instant::now();
-            let r = c.query_one(CEILING, &[]).await.unwrap();
+            let (d, done) = server_side(&c, CEILING).await;
             let packed_ceiling = line(
                 "server-side: write_odds_packed (ceiling)",
                 rows.len(),
-                t.elapsed(),
-                summary(&r),
+                d,
+                counts(&done),
             );
             reset(&c, setup).await;
             load_previous_staging(&c, &prepared).await;
-            checkpoint(&c).await;
-            let t = Instant::now();
-            let r = c.query_one(PREVIOUS_CEILING, &[]).await.unwrap();
+            let (d, done) = server_side(&c, PREVIOUS_CEILING).await;
             let previous_ceiling = line(
                 "server-side: write_odds, jsonb[] (ceiling)",
                 rows.len(),
-                t.elapsed(),
-                summary(&r),
+                d,
+                counts(&done),
             );
             // The target is measured against the faster of the two.
             let ceiling = packed_ceiling.max(previous_ceiling);
@@ -132,7 +128,7 @@ async fn main() {
                 let t = Instant::now();
                 let mut total = odds::WriteSummary::default();
                 for chunk in rows.chunks(size) {
-                    add(&mut total, odds::write_batch(&c, chunk).await.unwrap());
+                    total += odds::write_batch(&c, chunk).await.unwrap();
                 }
                 rates.push(line(
                     &format!("write_batch, batches of {size}"),
@@ -156,7 +152,7 @@ async fn main() {
                         total = writer.write_cycle(&c, rows, size).await.unwrap();
                     } else {
                         for chunk in rows.chunks(size) {
-                            add(&mut total, writer.write(&c, chunk).await.unwrap());
+                            total += writer.write(&c, chunk).await.unwrap();
                         }
                     }
                     let d = t.elapsed();
@@ -197,14 +193,12 @@ async fn main() {
                 let mut writer = odds::OddsWriter::new();
                 reset_by(&c, setup, &mut writer, 5000).await;
                 load_staging(&c, &writer.statement(&prepared)).await;
-                checkpoint(&c).await;
-                let t = Instant::now();
-                let r = c.query_one(CEILING, &[]).await.unwrap();
+                let (d, done) = server_side(&c, CEILING).await;
                 let own = line(
                     "server-side: the OddsWriter's statement",
                     rows.len(),
-                    t.elapsed(),
-                    summary(&r),
+                    d,
+                    counts(&done),
                 );
                 println!(
                     "OddsWriter / its own statement server-side: {:.2}",
@@ -265,14 +259,22 @@ async fn main() {
     );
 }
 
-fn summary(r: &tokio_postgres::Row) -> String {
-    format!(
-        "inserted {} changed {} unchanged {} history {}",
-        r.get::<_, i64>(0),
-        r.get::<_, i64>(1),
-        r.get::<_, i64>(2),
-        r.get::<_, i64>(3)
-    )
+/// Runs a server-side statement (`CEILING` or `PREVIOUS_CEILING`) right after a checkpoint:
+/// how long it took and what it wrote.
+async fn server_side(c: &tokio_postgres::Client, sql: &str) -> (Duration, odds::WriteSummary) {
+    checkpoint(c).await;
+    let t = Instant::now();
+    let r = c.query_one(sql, &[]).await.unwrap();
+    let d = t.elapsed();
+    let n = |i: usize| r.get::<_, i64>(i) as u64;
+    let done = odds::WriteSummary {
+        inserted: n(0),
+        changed: n(1),
+        unchanged: n(2),
+        history_rows: n(3),
+        ..odds::WriteSummary::default()
+    };
+    (d, done)
 }
 
 /// Empty tables, then (for the steady cycle) the fresh cycle loaded server-side.
@@ -347,13 +349,6 @@ async fn load_previous_staging(c: &tokio_postgres::Client, rows: &[&MarketOdds])
     )
     .await
     .unwrap();
-}
-
-fn add(total: &mut odds::WriteSummary, s: odds::WriteSummary) {
-    total.inserted += s.inserted;
-    total.changed += s.changed;
-    total.unchanged += s.unchanged;
-    total.history_rows += s.history_rows;
 }
 
 fn counts(s: &odds::WriteSummary) -> String {

@@ -128,6 +128,18 @@ pub struct WriteSummary {
     pub stale: u64,
 }
 
+impl std::ops::AddAssign for WriteSummary {
+    /// Adds another batch's counts (a cycle's total).
+    fn add_assign(&mut self, other: WriteSummary) {
+        self.inserted += other.inserted;
+        self.changed += other.changed;
+        self.unchanged += other.unchanged;
+        self.history_rows += other.history_rows;
+        self.duplicates += other.duplicates;
+        self.stale += other.stale;
+    }
+}
+
 /// Why a batch was not written. In every case nothing of the batch was written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -449,14 +461,25 @@ struct Answer {
     versions: Option<(Vec<Xid>, Vec<Tid>)>,
 }
 
-async fn send(client: &impl GenericClient, packed: &Packed<'_>) -> Result<Answer, WriteError> {
+/// Sends one batch. `versions`: whether to decode the row versions of the answer (only a
+/// writer that remembers them needs them).
+async fn send(
+    client: &impl GenericClient,
+    packed: &Packed<'_>,
+    versions: bool,
+) -> Result<Answer, WriteError> {
     let row = client
         .query_typed_one(WRITE_SQL, &packed.params())
         .await
         .map_err(classify)?;
     let n = |i: usize| row.get::<_, i64>(i) as u64;
-    let xmin: Option<Vec<Xid>> = row.get(6);
-    let ctid: Option<Vec<Tid>> = row.get(7);
+    let versions = if versions {
+        let xmin: Option<Vec<Xid>> = row.get(6);
+        let ctid: Option<Vec<Tid>> = row.get(7);
+        xmin.zip(ctid)
+    } else {
+        None
+    };
     Ok(Answer {
         summary: WriteSummary {
             inserted: n(0),
@@ -467,7 +490,7 @@ async fn send(client: &impl GenericClient, packed: &Packed<'_>) -> Result<Answer
             stale: n(4),
         },
         cache_miss: row.get(5),
-        versions: xmin.zip(ctid),
+        versions,
     })
 }
 
@@ -489,7 +512,7 @@ pub async fn write_batch(
     }
     validate_all(rows)?;
     let (rows, duplicates) = prepare(rows);
-    let answer = send(client, &Packed::new(&rows)).await?;
+    let answer = send(client, &Packed::new(&rows), false).await?;
     Ok(WriteSummary {
         duplicates,
         ..answer.summary

@@ -49,7 +49,7 @@ async fn start<'a, C: GenericClient + Sync>(
     packed: Packed<'a>,
 ) -> InFlight<'a> {
     let mut statement: InFlight<'a> = Box::pin(async move {
-        let answer = send(client, &packed).await;
+        let answer = send(client, &packed, true).await;
         (i, packed, answer)
     });
     match poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await {
@@ -261,13 +261,7 @@ impl OddsWriter {
                 let as_versions = packed.sent_as_versions() as u64;
                 self.stats.sent_as_versions += as_versions;
                 self.stats.sent_with_json += rows.len() as u64 - as_versions;
-                let s = a.summary;
-                let t = &mut progress.total;
-                t.inserted += s.inserted;
-                t.changed += s.changed;
-                t.unchanged += s.unchanged;
-                t.history_rows += s.history_rows;
-                t.stale += s.stale;
+                progress.total += a.summary;
                 self.remember(rows, &packed, a.versions);
                 false
             }

@@ -385,10 +385,7 @@ async fn concurrent_writers_on_shuffled_overlapping_keys_do_not_deadlock() {
                 let s = write_batch(&c, &batch)
                     .await
                     .expect("no deadlock, no error");
-                totals.inserted += s.inserted;
-                totals.changed += s.changed;
-                totals.unchanged += s.unchanged;
-                totals.stale += s.stale;
+                totals += s;
             }
             totals
         }));
@@ -604,6 +601,17 @@ async fn stored(
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
+/// `rows` scraped again, unchanged, at `at`.
+fn rescraped(rows: &[MarketOdds], at: DateTime<Utc>) -> Vec<MarketOdds> {
+    rows.iter()
+        .cloned()
+        .map(|mut m| {
+            m.scraped_at = at;
+            m
+        })
+        .collect()
+}
+
 fn cycle(at: DateTime<Utc>, odds_of_event_1: f64) -> Vec<MarketOdds> {
     (1..=20)
         .map(|e| {
@@ -719,19 +727,7 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     )
     .await
     .unwrap();
-    w.write(
-        &c,
-        &moved
-            .iter()
-            .cloned()
-            .map(|mut m| {
-                m.scraped_at = at(7);
-                m
-            })
-            .collect::<Vec<_>>(),
-    )
-    .await
-    .unwrap();
+    w.write(&c, &rescraped(&moved, at(7))).await.unwrap();
     let gone: Option<DateTime<Utc>> = c
         .query_one(
             "SELECT unavailable_at FROM market_odds_current WHERE event_id = 4",
@@ -747,20 +743,7 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
         .await
         .unwrap();
     let before = history_count(&c).await;
-    let s = w
-        .write(
-            &c,
-            &moved
-                .iter()
-                .cloned()
-                .map(|mut m| {
-                    m.scraped_at = at(8);
-                    m
-                })
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+    let s = w.write(&c, &rescraped(&moved, at(8))).await.unwrap();
     assert_eq!((s.inserted, s.history_rows), (1, 1));
     assert_eq!(history_count(&c).await, before + 1);
     assert_eq!(stored(&c, 5).await.0[0]["odds"], json!(1.5));
@@ -771,17 +754,7 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
         .unwrap();
     let resent = w.stats().resent;
     let s = w
-        .write(
-            &c,
-            &moved
-                .iter()
-                .cloned()
-                .map(|mut m| {
-                    m.scraped_at = at(8) + Duration::seconds(30);
-                    m
-                })
-                .collect::<Vec<_>>(),
-        )
+        .write(&c, &rescraped(&moved, at(8) + Duration::seconds(30)))
         .await
         .unwrap();
     assert_eq!((s.unchanged, s.history_rows), (20, 0));
@@ -795,20 +768,7 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     // writer forgot them, sends them in full once, then without JSON again.
     for (minute, as_versions) in [(9, 0), (10, 20)] {
         let sent = w.stats().sent_as_versions;
-        let s = w
-            .write(
-                &c,
-                &moved
-                    .iter()
-                    .cloned()
-                    .map(|mut m| {
-                        m.scraped_at = at(minute);
-                        m
-                    })
-                    .collect::<Vec<_>>(),
-            )
-            .await
-            .unwrap();
+        let s = w.write(&c, &rescraped(&moved, at(minute))).await.unwrap();
         assert_eq!((s.unchanged, s.history_rows), (20, 0));
         assert_eq!(w.stats().sent_as_versions - sent, as_versions);
     }

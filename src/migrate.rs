@@ -78,6 +78,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0008_write_odds_packed.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 9,
+        name: "write_odds_known",
+        sql: include_str!("../schema/0009_write_odds_known.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`

@@ -1,8 +1,9 @@
 //! The odds write path: one round trip per scrape batch, at the database's speed.
 //!
 //! Application writers call [`write_batch`] with a scrape's markets, or keep an
-//! [`OddsWriter`] (`writer.rs`), which writes the same but sends only the JSON of markets that
-//! changed since its last write, and pipelines a cycle's batches. [`write_batch`] keeps the
+//! [`OddsWriter`] (`writer.rs`), which writes the same but updates the markets it wrote before
+//! by their row version (`partwarden.write_odds_known`, migration `0009_write_odds_known`),
+//! sends only the JSON of those that changed since, and pipelines a cycle's batches. [`write_batch`] keeps the
 //! latest scrape of each key when a batch repeats one (the later row of the batch when the
 //! instants tie), sorts the batch by key, and sends one statement with typed parameters (no SQL
 //! is built from values): a call of `partwarden.write_odds_packed` (migration
@@ -304,10 +305,12 @@ fn key_cmp(
 }
 
 /// A prepared batch as the parameters of `partwarden.write_odds_packed` (migration
-/// `0008_write_odds_packed`): typed arrays, one element per market, in [`MarketOdds`]'s field
-/// order, except that the batch's outcomes and market_groups travel as one JSON array each
-/// (the server parses one value, not one per market), and that a market a [`OddsWriter`] knows
-/// to be unchanged travels as the row version it wrote instead of its JSON.
+/// `0008_write_odds_packed`) or `partwarden.write_odds_known` (`0009_write_odds_known`): typed
+/// arrays, one element per market, in [`MarketOdds`]'s field order, except that the batch's
+/// outcomes and market_groups travel as one JSON array each (the server parses one value, not
+/// one per market). For `write_odds_known`, every market also has the row version an
+/// [`OddsWriter`]'s last write of it made, and one whose JSON is unchanged since travels
+/// without it.
 pub struct Packed<'a> {
     event_id: Vec<i32>,
     bookmaker_slug: Vec<&'a str>,
@@ -324,7 +327,7 @@ pub struct Packed<'a> {
     xmin: Vec<Xid>,
     ctid: Vec<Tid>,
     /// Per market, where its JSON is in `outcomes` and `market_groups` (`None` for a NULL
-    /// market_groups), or `None` when it was sent as a row version.
+    /// market_groups), or `None` when it was sent without (unchanged since its version).
     spans: Vec<Option<Spans>>,
 }
 
@@ -336,16 +339,27 @@ struct Spans {
 }
 
 impl<'a> Packed<'a> {
-    /// The parameters of `rows` (as [`prepare`] returns them), every market with its JSON.
+    /// The parameters of `rows` (as [`prepare`] returns them), every market with its JSON, for
+    /// `partwarden.write_odds_packed` ([`WRITE_SQL`]).
     pub fn new(rows: &[&'a MarketOdds]) -> Packed<'a> {
-        Packed::with_versions(rows, |_, _, _| None)
+        Packed::build(rows, |_, _, _| None)
     }
 
-    /// The parameters of `rows`; a market for which `unchanged_since(row, outcomes JSON,
-    /// market_groups JSON)` gives a row version travels as that version instead of its JSON.
-    fn with_versions(
+    /// The parameters of `rows` for `partwarden.write_odds_known` ([`KNOWN_SQL`]): every
+    /// market with the row version `version(row, outcomes JSON, market_groups JSON)` gives,
+    /// and whether that JSON is the version's (the market then travels without it).
+    fn known(
         rows: &[&'a MarketOdds],
-        mut unchanged_since: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> Option<(Xid, Tid)>,
+        mut version: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> (Xid, Tid, bool),
+    ) -> Packed<'a> {
+        Packed::build(rows, |r, o, g| Some(version(r, o, g)))
+    }
+
+    /// `version` gives a market's row version and whether its JSON is unchanged since, or
+    /// `None` (for every market: write_odds_packed's parameters).
+    fn build(
+        rows: &[&'a MarketOdds],
+        mut version: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> Option<(Xid, Tid, bool)>,
     ) -> Packed<'a> {
         let mut outcomes = Vec::with_capacity(rows.len() * 128);
         let mut groups = Vec::with_capacity(rows.len() * 16);
@@ -370,22 +384,29 @@ impl<'a> Packed<'a> {
                 at..groups.len()
             });
             groups.push(b']');
-            let version = unchanged_since(r, &outcomes[o.clone()], g.clone().map(|g| &groups[g]));
-            match version {
-                Some((x, t)) => {
-                    // The number k: "unchanged since version k of p_xmin/p_ctid".
-                    outcomes.truncate(o_at);
-                    groups.truncate(g_at);
-                    xmin.push(x);
-                    ctid.push(t);
-                    outcomes.extend_from_slice(xmin.len().to_string().as_bytes());
-                    groups.push(b'0');
-                    spans.push(None);
-                }
-                None => spans.push(Some(Spans {
+            let Some((x, t, unchanged)) =
+                version(r, &outcomes[o.clone()], g.clone().map(|g| &groups[g]))
+            else {
+                spans.push(Some(Spans {
                     outcomes: o,
                     market_groups: g,
-                })),
+                }));
+                continue;
+            };
+            xmin.push(x);
+            ctid.push(t);
+            if unchanged {
+                // 0: "unchanged since its version".
+                outcomes.truncate(o_at);
+                groups.truncate(g_at);
+                outcomes.push(b'0');
+                groups.push(b'0');
+                spans.push(None);
+            } else {
+                spans.push(Some(Spans {
+                    outcomes: o,
+                    market_groups: g,
+                }));
             }
         }
         outcomes.push(b']');
@@ -412,9 +433,19 @@ impl<'a> Packed<'a> {
         }
     }
 
-    /// How many markets travel as a row version instead of their JSON.
+    /// How many markets it has.
+    pub fn len(&self) -> usize {
+        self.event_id.len()
+    }
+
+    /// Whether it has no market.
+    pub fn is_empty(&self) -> bool {
+        self.event_id.is_empty()
+    }
+
+    /// How many markets travel without their JSON (unchanged since their row version).
     pub fn sent_as_versions(&self) -> usize {
-        self.xmin.len()
+        self.spans.iter().filter(|s| s.is_none()).count()
     }
 
     /// The fourteen parameters with their types, `$1` .. `$14`.
@@ -448,9 +479,13 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The statement [`write_batch`] and [`OddsWriter::write`] send: the function of
-/// `schema/0008_write_odds_packed.sql`.
+/// The statement [`write_batch`] sends, and [`OddsWriter`] for markets it has not written (or
+/// no longer trusts): the function of `schema/0008_write_odds_packed.sql`.
 pub const WRITE_SQL: &str = "SELECT * FROM partwarden.write_odds_packed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// The statement [`OddsWriter`] sends for the markets it wrote before, by their row version:
+/// the function of `schema/0009_write_odds_known.sql`.
+pub const KNOWN_SQL: &str = "SELECT * FROM partwarden.write_odds_known($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// What the server answered to one [`Packed`] batch.
 struct Answer {
@@ -465,11 +500,12 @@ struct Answer {
 /// writer that remembers them needs them).
 async fn send(
     client: &impl GenericClient,
+    sql: &str,
     packed: &Packed<'_>,
     versions: bool,
 ) -> Result<Answer, WriteError> {
     let row = client
-        .query_typed_one(WRITE_SQL, &packed.params())
+        .query_typed_one(sql, &packed.params())
         .await
         .map_err(classify)?;
     let n = |i: usize| row.get::<_, i64>(i) as u64;
@@ -512,7 +548,7 @@ pub async fn write_batch(
     }
     validate_all(rows)?;
     let (rows, duplicates) = prepare(rows);
-    let answer = send(client, &Packed::new(&rows), false).await?;
+    let answer = send(client, WRITE_SQL, &Packed::new(&rows), false).await?;
     Ok(WriteSummary {
         duplicates,
         ..answer.summary

@@ -1,16 +1,21 @@
 //! [`OddsWriter`]: the write path of a scraper that writes the same markets cycle after cycle.
 //!
 //! Most markets of a scrape cycle did not change since the last one (80% in the benchmark),
-//! yet [`write_batch`](super::write_batch) sends every market's JSON and the server parses all
-//! of it. A writer that remembers, per market, the JSON it last wrote and the row version
-//! (`xmin`, `ctid`) its write made can send an unchanged market as that version alone; the
-//! server updates it only if the locked row is still that version, which proves the stored
-//! JSON is the one remembered (see `schema/0008_write_odds_packed.sql` for why). If any market
-//! of a batch is not, nothing of the batch is written and the writer sends it again with every
-//! market's JSON: a miss costs a second statement, never a wrong row.
+//! yet [`write_batch`](super::write_batch) sends every market's JSON, the server parses all of
+//! it, and every market goes through `INSERT ... ON CONFLICT`: a probe of the unique index and
+//! a row lock before the update. A writer remembers, per market, the JSON it last wrote and
+//! the row version (`xmin`, `ctid`) its write made. The markets of a batch it knows go to
+//! `partwarden.write_odds_known` (`schema/0009_write_odds_known.sql`), which fetches each row
+//! by its ctid and updates it only if it is still that version of that market, which proves
+//! the stored JSON is the one remembered (see `schema/0008_write_odds_packed.sql` for why); a
+//! market whose JSON is byte for byte the remembered one travels without it. If any market of
+//! that statement is not its version any more, nothing of it is written and the writer sends
+//! those markets again through `write_odds_packed` with their JSON: a miss costs a second
+//! statement, never a wrong row. The markets it does not know go to `write_odds_packed`.
 //!
 //! What is written is exactly what [`write_batch`](super::write_batch) writes: the same rows,
-//! the same change detection, history and counts, in the same single statement and key order.
+//! the same change detection, history and counts. Each statement takes its row locks in key
+//! order.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
@@ -21,8 +26,8 @@ use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::GenericClient;
 
 use super::{
-    Answer, FxBuild, MarketKey, MarketOdds, Packed, Tid, WriteError, WriteSummary, Xid, line_bits,
-    prepare, send, validate_all,
+    Answer, FxBuild, KNOWN_SQL, MarketKey, MarketOdds, Packed, Tid, WRITE_SQL, WriteError,
+    WriteSummary, Xid, line_bits, prepare, send, validate_all,
 };
 
 /// Whether `e` is the entry of `r`'s market (event and line being those of its slot).
@@ -37,24 +42,43 @@ const DEFAULT_CAPACITY: usize = 1_000_000;
 /// the 2^31 transactions after which an xid can repeat.
 const DEFAULT_MAX_AGE: Duration = Duration::hours(1);
 
-/// A batch's statement, sent or about to be: its index, its parameters and the answer.
-type InFlight<'a> =
-    Pin<Box<dyn Future<Output = (usize, Packed<'a>, Result<Answer, WriteError>)> + Send + 'a>>;
+/// One statement of a cycle: its markets (in key order), the function it calls and its
+/// parameters.
+struct Statement<'a> {
+    rows: Vec<&'a MarketOdds>,
+    sql: &'static str,
+    packed: Packed<'a>,
+}
 
-/// Sends batch `i`'s statement: the request goes out on the first poll, which this does; the
-/// answer is awaited later, in order.
+impl<'a> Statement<'a> {
+    /// `rows` through `write_odds_packed`, every market with its JSON: cannot miss.
+    fn in_full(rows: Vec<&'a MarketOdds>) -> Statement<'a> {
+        let packed = Packed::new(&rows);
+        Statement {
+            rows,
+            sql: WRITE_SQL,
+            packed,
+        }
+    }
+}
+
+/// A statement sent, or about to be, and its answer to come.
+type InFlight<'a> =
+    Pin<Box<dyn Future<Output = (Statement<'a>, Result<Answer, WriteError>)> + Send + 'a>>;
+
+/// Sends a statement: the request goes out on the first poll, which this does; the answer is
+/// awaited later, in order.
 async fn start<'a, C: GenericClient + Sync>(
     client: &'a C,
-    i: usize,
-    packed: Packed<'a>,
+    statement: Statement<'a>,
 ) -> InFlight<'a> {
-    let mut statement: InFlight<'a> = Box::pin(async move {
-        let answer = send(client, &packed, true).await;
-        (i, packed, answer)
+    let mut sent: InFlight<'a> = Box::pin(async move {
+        let answer = send(client, statement.sql, &statement.packed, true).await;
+        (statement, answer)
     });
-    match poll_fn(|cx| Poll::Ready(statement.as_mut().poll(cx))).await {
+    match poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx))).await {
         Poll::Ready(done) => Box::pin(std::future::ready(done)),
-        Poll::Pending => statement,
+        Poll::Pending => sent,
     }
 }
 
@@ -110,10 +134,17 @@ pub struct WriterStats {
 /// safe: the markets they touched miss once and are sent in full. Mark markets unavailable
 /// through [`OddsWriter::mark_unavailable`] to spare that miss.
 ///
-/// Inside a transaction of the caller's, a batch with remembered markets runs in a
-/// subtransaction (the miss is rolled back to it): keep such a transaction under 64 batches,
-/// beyond which PostgreSQL's per-backend subtransaction cache overflows and every snapshot in
-/// the cluster gets slower while the transaction is open.
+/// A batch is one statement for the markets it remembers and one for the others. On a client
+/// (autocommit) each statement is a transaction of its own that locks its rows in key order,
+/// so concurrent writers never deadlock. Inside a transaction of the caller's:
+/// - a batch with both kinds locks its rows in two passes in key order, so two such
+///   transactions writing the same markets at the same time can deadlock (PostgreSQL then
+///   cancels one after `deadlock_timeout`, an error [`WriteError::is_transient`] says may be
+///   retried);
+/// - the statement of remembered markets runs in a subtransaction (the miss is rolled back to
+///   it): keep such a transaction under 64 batches, beyond which PostgreSQL's per-backend
+///   subtransaction cache overflows and every snapshot in the cluster gets slower while the
+///   transaction is open.
 #[derive(Debug)]
 pub struct OddsWriter {
     /// By event and line (as the unique index sees it), the few markets of each: looked up
@@ -216,23 +247,32 @@ impl OddsWriter {
         // earlier one's answer unread, and tokio-postgres stops reading the connection when
         // the answer of a statement nobody polls fills its channel.
         let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
+        // A batch's second statement, waiting for its turn.
+        let mut ready: Option<Statement<'_>> = None;
         let mut next = 0;
         loop {
             // One statement running, one queued: enough to keep the server busy.
-            while in_flight.len() < 2 && next < chunks.len() && progress.error.is_none() {
-                let packed =
-                    Packed::with_versions(chunks[next], |r, o, g| self.unchanged_since(r, o, g));
-                in_flight.push_back(start(client, next, packed).await);
-                next += 1;
+            while in_flight.len() < 2 && progress.error.is_none() {
+                let statement = match ready.take() {
+                    Some(s) => s,
+                    None if next < chunks.len() => {
+                        let (first, second) = self.statements(chunks[next]);
+                        next += 1;
+                        ready = second;
+                        first
+                    }
+                    None => break,
+                };
+                in_flight.push_back(start(client, statement).await);
             }
-            let Some(statement) = in_flight.pop_front() else {
+            let Some(sent) = in_flight.pop_front() else {
                 break;
             };
-            let (i, packed, answer) = statement.await;
-            if self.settle(chunks[i], packed, answer, &mut progress) {
-                // A market was not the version sent: the batch again, with every market's
+            let (statement, answer) = sent.await;
+            if let Some(rows) = self.settle(statement, answer, &mut progress) {
+                // A market was not the version sent: its markets again, with every market's
                 // JSON (which cannot miss), behind the statements already sent.
-                in_flight.push_back(start(client, i, Packed::new(chunks[i])).await);
+                in_flight.push_back(start(client, Statement::in_full(rows)).await);
             }
         }
         match progress.error {
@@ -241,43 +281,72 @@ impl OddsWriter {
         }
     }
 
-    /// Takes a batch's answer: counts and remembers it, or keeps the first error. Returns
-    /// whether the batch missed and must be sent again in full.
-    fn settle(
+    /// Takes a statement's answer: counts and remembers it, or keeps the first error. Returns
+    /// the statement's markets when it missed and they must be sent again in full.
+    fn settle<'a>(
         &mut self,
-        rows: &[&MarketOdds],
-        packed: Packed<'_>,
+        statement: Statement<'a>,
         answer: Result<Answer, WriteError>,
         progress: &mut Progress,
-    ) -> bool {
+    ) -> Option<Vec<&'a MarketOdds>> {
         self.stats.batches += 1;
         match answer {
             Ok(a) if a.cache_miss => {
                 self.stats.resent += 1;
-                self.forget_rows(rows);
-                true
+                self.forget_rows(&statement.rows);
+                Some(statement.rows)
             }
             Ok(a) => {
-                let as_versions = packed.sent_as_versions() as u64;
+                let as_versions = statement.packed.sent_as_versions() as u64;
                 self.stats.sent_as_versions += as_versions;
-                self.stats.sent_with_json += rows.len() as u64 - as_versions;
+                self.stats.sent_with_json += statement.rows.len() as u64 - as_versions;
                 progress.total += a.summary;
-                self.remember(rows, &packed, a.versions);
-                false
+                self.remember(&statement.rows, &statement.packed, a.versions);
+                None
             }
             Err(e) => {
-                self.forget_rows(rows);
+                self.forget_rows(&statement.rows);
                 progress.error.get_or_insert(e);
-                false
+                None
             }
         }
     }
 
-    /// The parameters [`OddsWriter::write`] would send first for `rows` (as
-    /// [`prepare`](super::prepare) returns them), to run its statement elsewhere (the
-    /// benchmark runs it server-side).
-    pub fn statement<'a>(&self, rows: &[&'a MarketOdds]) -> Packed<'a> {
-        Packed::with_versions(rows, |r, o, g| self.unchanged_since(r, o, g))
+    /// The statements of a batch (`rows` in key order): the markets this writer knows, by
+    /// their row version (`partwarden.write_odds_known`), then the others, with their JSON
+    /// (`partwarden.write_odds_packed`). One of the two may be empty; the first is not.
+    fn statements<'a>(&self, rows: &[&'a MarketOdds]) -> (Statement<'a>, Option<Statement<'a>>) {
+        let (known, unknown): (Vec<&MarketOdds>, Vec<&MarketOdds>) =
+            rows.iter().partition(|r| self.version_of(r).is_some());
+        let unknown = (!unknown.is_empty()).then(|| Statement::in_full(unknown));
+        if known.is_empty() {
+            return (unknown.expect("a batch has markets"), None);
+        }
+        let packed = Packed::known(&known, |r, o, g| {
+            let e = self.version_of(r).expect("a known market");
+            let unchanged = *e.outcomes == *o && e.market_groups.as_deref() == g;
+            (e.xmin, e.ctid, unchanged)
+        });
+        let known = Statement {
+            rows: known,
+            sql: KNOWN_SQL,
+            packed,
+        };
+        (known, unknown)
+    }
+
+    /// The parameters of the statements [`OddsWriter::write`] would send first for `rows` (as
+    /// [`prepare`](super::prepare) returns them), to run them elsewhere (the benchmark runs
+    /// them server-side): for the markets it knows, `partwarden.write_odds_known`'s
+    /// ([`KNOWN_SQL`](super::KNOWN_SQL)); for the others, `partwarden.write_odds_packed`'s
+    /// ([`WRITE_SQL`](super::WRITE_SQL)).
+    pub fn statements_for<'a>(&self, rows: &[&'a MarketOdds]) -> (Packed<'a>, Packed<'a>) {
+        let (first, second) = self.statements(rows);
+        let none = || Packed::new(&[]);
+        match (first.sql == KNOWN_SQL, second) {
+            (true, second) => (first.packed, second.map_or_else(none, |s| s.packed)),
+            (false, _) => (none(), first.packed),
+        }
     }
 
     /// [`mark_unavailable`](super::mark_unavailable), forgetting the markets it marks (their
@@ -294,19 +363,13 @@ impl OddsWriter {
         super::mark_unavailable(client, keys, at).await
     }
 
-    /// The version to send `r` as: when this writer wrote exactly this JSON for it, less than
-    /// `max_age` before this (newer) scrape.
-    fn unchanged_since(
-        &self,
-        r: &MarketOdds,
-        outcomes: &[u8],
-        market_groups: Option<&[u8]>,
-    ) -> Option<(Xid, Tid)> {
+    /// What this writer last wrote of `r`'s market, when that can be used for this scrape:
+    /// written less than `max_age` before it, and before it (a scrape not newer than the
+    /// stored one goes in full, which tells it stale).
+    fn version_of(&self, r: &MarketOdds) -> Option<&Entry> {
         let e = self.entry(r)?;
         let age = r.scraped_at - e.scraped_at;
-        let fresh = age > Duration::zero() && age <= self.max_age;
-        (fresh && *e.outcomes == *outcomes && e.market_groups.as_deref() == market_groups)
-            .then_some((e.xmin, e.ctid))
+        (age > Duration::zero() && age <= self.max_age).then_some(e)
     }
 
     fn remember(

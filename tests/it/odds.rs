@@ -602,6 +602,18 @@ async fn stored(
 }
 
 /// `rows` scraped again, unchanged, at `at`.
+/// The (ctid, xmin) of event `event`'s row, as text.
+async fn row_version(c: &tokio_postgres::Client, event: i32) -> (String, String) {
+    let r = c
+        .query_one(
+            "SELECT ctid::text, xmin::text FROM market_odds_current WHERE event_id = $1",
+            &[&event],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
 fn rescraped(rows: &[MarketOdds], at: DateTime<Utc>) -> Vec<MarketOdds> {
     rows.iter()
         .cloned()
@@ -772,6 +784,88 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
         assert_eq!((s.unchanged, s.history_rows), (20, 0));
         assert_eq!(w.stats().sent_as_versions - sent, as_versions);
     }
+
+    // 8. The writer's version's slot holds another version of the same market: the version
+    //    was replaced (here by an UPDATE that moves the row), VACUUM freed its slot, and a
+    //    later UPDATE put the market back in it with other outcomes. Same ctid, same market:
+    //    only the xmin tells, and the market must be found changed back. (One market in the
+    //    table, so that the freed slot is the one the next version takes.)
+    c.batch_execute("TRUNCATE market_odds_current")
+        .await
+        .unwrap();
+    let one = rescraped(&moved[5..6], at(11));
+    assert_eq!(one[0].event_id, 6);
+    assert_eq!(w.write(&c, &one).await.unwrap().inserted, 1);
+    let (ctid, xmin) = row_version(&c, 6).await;
+    c.execute(
+        "UPDATE market_odds_current SET bookmaker_slug = 'moved' WHERE event_id = 6",
+        &[],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM (INDEX_CLEANUP ON) market_odds_current")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE market_odds_current SET bookmaker_slug = 'betpawa', \
+         outcomes = '[{\"name\": \"1\", \"odds\": 7.0, \"is_active\": true}]' WHERE event_id = 6",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (ctid_now, xmin_now) = row_version(&c, 6).await;
+    assert_eq!(
+        ctid_now, ctid,
+        "the market is back in the slot of the writer's version"
+    );
+    assert_ne!(xmin_now, xmin);
+    let s = w.write(&c, &rescraped(&one, at(12))).await.unwrap();
+    assert_eq!((s.changed, s.unchanged, s.history_rows), (1, 0, 1), "{s:?}");
+    assert_eq!(stored(&c, 6).await.0[0]["odds"], json!(1.5));
+
+    // 9. VACUUM FULL moved another market written by the same statement into the slot of the
+    //    writer's version: same ctid, same xmin, another market. Only the key tells.
+    c.batch_execute("TRUNCATE market_odds_current")
+        .await
+        .unwrap();
+    let three: Vec<MarketOdds> = (1..=3)
+        .map(|e| {
+            let mut m = market(e, "1x2", None, &[("1", 1.5)], at(13));
+            m.betpawa_market_name = format!("event {e}");
+            m
+        })
+        .collect();
+    assert_eq!(w.write(&c, &three).await.unwrap().inserted, 3);
+    let (slot_of_1, xmin_of_1) = row_version(&c, 1).await;
+    c.execute("DELETE FROM market_odds_current WHERE event_id = 1", &[])
+        .await
+        .unwrap();
+    c.batch_execute("VACUUM FULL market_odds_current")
+        .await
+        .unwrap();
+    assert_eq!(
+        row_version(&c, 2).await,
+        (slot_of_1, xmin_of_1),
+        "event 2 now has event 1's version"
+    );
+    let s = w.write(&c, &rescraped(&three[..2], at(14))).await.unwrap();
+    assert_eq!((s.inserted, s.unchanged), (1, 1), "{s:?}");
+    let names: Vec<(i32, String)> = c
+        .query(
+            "SELECT event_id, betpawa_market_name FROM market_odds_current ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        names,
+        (1..=3)
+            .map(|e| (e, format!("event {e}")))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// The same cases as `what_counts_as_a_change`, written by an OddsWriter: the JSON it sends for

@@ -1112,3 +1112,78 @@ async fn write_cycle_resends_a_missed_batch_behind_the_ones_in_flight() {
         .get(0);
     assert_eq!(wrong, 0);
 }
+
+/// A session whose notices (here: auto_explain's plans) are collected.
+async fn explaining_client(
+    url: &str,
+) -> (tokio_postgres::Client, std::sync::mpsc::Receiver<String>) {
+    let (client, mut conn) = url
+        .parse::<tokio_postgres::Config>()
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_string());
+            }
+        }
+    });
+    client
+        .batch_execute(
+            "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+             SET auto_explain.log_nested_statements = on; SET auto_explain.log_level = notice",
+        )
+        .await
+        .unwrap();
+    (client, rx)
+}
+
+/// write_odds_known takes its row locks in the order of its arrays (the writer's key order, the
+/// one global order every writer locks in) only with one plan: a nested loop over the arrays
+/// with a fetch by ctid inside. Any other (a hash join, or a probe of an index on the key
+/// columns) would lock in another order, and be slower. Checked on every execution, the
+/// first ones (custom plans, with the arrays' sizes known) and the generic plan after them.
+#[tokio::test]
+async fn a_writer_updates_known_markets_by_ctid_in_key_order() {
+    let db = bootstrapped("odds_known_plan").await;
+    let (c, notices) = explaining_client(&db.url).await;
+    let t = now() - Duration::minutes(30);
+    let markets = |at: DateTime<Utc>| -> Vec<MarketOdds> {
+        (0..800)
+            .map(|e| market(e, "1x2", None, &[("1", 1.5 + (e % 3) as f64)], at))
+            .collect()
+    };
+    let mut w = OddsWriter::new();
+    w.write_cycle(&c, &markets(t), 100).await.unwrap();
+    while notices.try_recv().is_ok() {}
+    for cycle in 1..=2 {
+        let s = w
+            .write_cycle(&c, &markets(t + Duration::minutes(cycle)), 100)
+            .await
+            .unwrap();
+        assert_eq!(s.unchanged, 800);
+    }
+    let plans: Vec<String> = notices
+        .try_iter()
+        .filter(|n| n.contains("Update on market_odds_current"))
+        .collect();
+    assert_eq!(plans.len(), 16, "one plan per batch");
+    for plan in plans {
+        let lines: Vec<&str> = plan
+            .lines()
+            .skip_while(|l| !l.contains("Update on market_odds_current"))
+            .skip(1)
+            .take(3)
+            .map(str::trim)
+            .collect();
+        assert!(
+            lines[0].starts_with("->  Nested Loop")
+                && lines[1].starts_with("->  Function Scan on t")
+                && lines[2].starts_with("->  Tid Scan on market_odds_current"),
+            "{plan}"
+        );
+    }
+}

@@ -202,8 +202,10 @@ impl OddsWriter {
 
     /// Writes a scrape batch: what [`write_batch`](super::write_batch) writes, with the same
     /// errors, sending the JSON only of markets that are new or changed since this writer's
-    /// last write of them. On an error nothing of the batch is written and the writer forgets
-    /// the batch's markets.
+    /// last write of them. The batch is one statement for the markets this writer knows and
+    /// one for the others, each atomic on its own: on an error in the second, what the first
+    /// wrote stays, and writing the batch again is safe (those markets are then stale). The
+    /// writer forgets the markets of a statement that failed.
     pub async fn write<C: GenericClient + Sync>(
         &mut self,
         client: &C,
@@ -219,10 +221,11 @@ impl OddsWriter {
     /// task prepares the one after while it runs.
     ///
     /// The cycle is deduplicated and sorted as one batch, then cut into batches in key order:
-    /// a market is in one batch only. Each batch is one statement, atomic on its own. On an
-    /// error the batches before it in key order (and the one queued behind it) are written,
-    /// no later one is sent, and the first error is returned; writing the same cycle again is
-    /// safe (what was written is left alone as stale, the rest is written).
+    /// a market is in one batch only. Each batch is one or two statements (see
+    /// [`OddsWriter::write`]), each atomic on its own. On an error the statements before it
+    /// (and the one queued behind it) are written, no later one is sent, and the first error
+    /// is returned; writing the same cycle again is safe (what was written is left alone as
+    /// stale, the rest is written).
     pub async fn write_cycle<C: GenericClient + Sync>(
         &mut self,
         client: &C,

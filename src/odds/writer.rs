@@ -103,19 +103,21 @@ struct Entry {
 /// What a writer sent since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Statements answered: one per batch, two for a batch that missed.
+    /// Statements answered: one or two per batch (the markets the writer knows, the others),
+    /// and one more for each that missed.
     pub batches: u64,
     /// Markets sent with their JSON.
     pub sent_with_json: u64,
-    /// Markets sent as the row version this writer made, without their JSON.
+    /// Markets sent as the row version this writer made, without their JSON (unchanged).
     pub sent_as_versions: u64,
-    /// Batches sent a second time, with every market's JSON, because a market sent as a
-    /// version was not that version any more.
+    /// Statements of known markets sent a second time, with every market's JSON through
+    /// `write_odds_packed`, because a market was not the version sent any more.
     pub resent: u64,
 }
 
-/// A writer of scrape batches that sends only the JSON of markets that changed since its
-/// last write of them. Keep one per connection (or per scraper) for the life of the process:
+/// A writer of scrape batches that writes the markets it wrote before by their row version and
+/// sends only the JSON of those that changed since. Keep one per connection (or per scraper)
+/// for the life of the process:
 ///
 /// ```no_run
 /// # async fn demo(client: &tokio_postgres::Client, cycles: Vec<Vec<partwarden::odds::MarketOdds>>)

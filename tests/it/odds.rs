@@ -797,22 +797,31 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     assert_eq!(one[0].event_id, 6);
     assert_eq!(w.write(&c, &one).await.unwrap().inserted, 1);
     let (ctid, xmin) = row_version(&c, 6).await;
-    c.execute(
-        "UPDATE market_odds_current SET bookmaker_slug = 'moved' WHERE event_id = 6",
-        &[],
-    )
-    .await
-    .unwrap();
-    c.batch_execute("VACUUM (INDEX_CLEANUP ON) market_odds_current")
+    // VACUUM frees the slot only when no snapshot in the database (an autovacuum worker's
+    // ANALYZE, say) can still see the old version: until the market lands in it, move it and
+    // vacuum again.
+    for attempt in 1.. {
+        c.execute(
+            "UPDATE market_odds_current SET bookmaker_slug = 'moved' WHERE event_id = 6",
+            &[],
+        )
         .await
         .unwrap();
-    c.execute(
-        "UPDATE market_odds_current SET bookmaker_slug = 'betpawa', \
-         outcomes = '[{\"name\": \"1\", \"odds\": 7.0, \"is_active\": true}]' WHERE event_id = 6",
-        &[],
-    )
-    .await
-    .unwrap();
+        c.batch_execute("VACUUM (INDEX_CLEANUP ON) market_odds_current")
+            .await
+            .unwrap();
+        c.execute(
+            "UPDATE market_odds_current SET bookmaker_slug = 'betpawa', \
+             outcomes = '[{\"name\": \"1\", \"odds\": 7.0, \"is_active\": true}]' WHERE event_id = 6",
+            &[],
+        )
+        .await
+        .unwrap();
+        if row_version(&c, 6).await.0 == ctid || attempt == 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (ctid_now, xmin_now) = row_version(&c, 6).await;
     assert_eq!(
         ctid_now, ctid,
@@ -840,9 +849,17 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     c.execute("DELETE FROM market_odds_current WHERE event_id = 1", &[])
         .await
         .unwrap();
-    c.batch_execute("VACUUM FULL market_odds_current")
-        .await
-        .unwrap();
+    // VACUUM FULL keeps the deleted row while any snapshot in the database (an autovacuum
+    // worker's ANALYZE, say) can still see it: until it is gone, again.
+    for attempt in 1.. {
+        c.batch_execute("VACUUM FULL market_odds_current")
+            .await
+            .unwrap();
+        if row_version(&c, 2).await.0 == slot_of_1 || attempt == 100 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         row_version(&c, 2).await,
         (slot_of_1, xmin_of_1),

@@ -3,10 +3,11 @@
 //! Application writers call [`write_batch`] with a scrape's markets, or keep an
 //! [`OddsWriter`] (`writer.rs`), which writes the same but updates the markets it wrote before
 //! by their row version (`partwarden.write_odds_known`, migration `0009_write_odds_known`),
-//! sends only the JSON of those that changed since, and pipelines a cycle's batches. [`write_batch`] keeps the
-//! latest scrape of each key when a batch repeats one (the later row of the batch when the
-//! instants tie), sorts the batch by key, and sends one statement with typed parameters (no SQL
-//! is built from values): a call of `partwarden.write_odds_packed` (migration
+//! sends only the JSON of those that changed since, and pipelines a cycle's batches.
+//! [`write_batch`] keeps the latest scrape of each key when a batch repeats one (the later row
+//! of the batch when the instants tie), sorts the batch by key, and sends one statement with
+//! typed parameters (no SQL is built from values): a call of `partwarden.write_odds_packed`
+//! (migration
 //! `0008_write_odds_packed`: the upsert of `0003_write_odds` with the change detection of
 //! `0005_change_detection`, the batch's JSON as one value). On the server, in one pass over the
 //! batch in key order (so concurrent writers with overlapping keys take their row locks in one

@@ -252,21 +252,20 @@ impl OddsWriter {
         // earlier one's answer unread, and tokio-postgres stops reading the connection when
         // the answer of a statement nobody polls fills its channel.
         let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::new();
-        // A batch's second statement, waiting for its turn.
-        let mut ready: Option<Statement<'_>> = None;
+        // The next batch's statements (the markets this writer knows, then the others),
+        // waiting for their turn.
+        let mut ready: VecDeque<Statement<'_>> = VecDeque::new();
         let mut next = 0;
         loop {
             // One statement running, one queued: enough to keep the server busy.
             while in_flight.len() < 2 && progress.error.is_none() {
-                let statement = match ready.take() {
-                    Some(s) => s,
-                    None if next < chunks.len() => {
-                        let (first, second) = self.statements(chunks[next]);
-                        next += 1;
-                        ready = second;
-                        first
-                    }
-                    None => break,
+                if ready.is_empty() && next < chunks.len() {
+                    let (known, unknown) = self.statements(chunks[next]);
+                    next += 1;
+                    ready.extend(known.into_iter().chain(unknown));
+                }
+                let Some(statement) = ready.pop_front() else {
+                    break;
                 };
                 in_flight.push_back(start(client, statement).await);
             }
@@ -318,17 +317,32 @@ impl OddsWriter {
     }
 
     /// The statements of a batch (`rows` in key order): the markets this writer knows, by
-    /// their row version (`partwarden.write_odds_known`), then the others, with their JSON
-    /// (`partwarden.write_odds_packed`). One of the two may be empty; the first is not.
-    fn statements<'a>(&self, rows: &[&'a MarketOdds]) -> (Statement<'a>, Option<Statement<'a>>) {
-        let (known, unknown): (Vec<&MarketOdds>, Vec<&MarketOdds>) =
-            rows.iter().partition(|r| self.version_of(r).is_some());
+    /// their row version (`partwarden.write_odds_known`), and the others, with their JSON
+    /// (`partwarden.write_odds_packed`); `None` for a kind the batch has none of.
+    fn statements<'a>(
+        &self,
+        rows: &[&'a MarketOdds],
+    ) -> (Option<Statement<'a>>, Option<Statement<'a>>) {
+        let mut known = Vec::new();
+        let mut entries = Vec::new();
+        let mut unknown = Vec::new();
+        for r in rows {
+            match self.version_of(r) {
+                Some(e) => {
+                    known.push(*r);
+                    entries.push(e);
+                }
+                None => unknown.push(*r),
+            }
+        }
         let unknown = (!unknown.is_empty()).then(|| Statement::in_full(unknown));
         if known.is_empty() {
-            return (unknown.expect("a batch has markets"), None);
+            return (None, unknown);
         }
-        let packed = Packed::known(&known, |r, o, g| {
-            let e = self.version_of(r).expect("a known market");
+        // Called once per market, in order.
+        let mut entries = entries.into_iter();
+        let packed = Packed::known(&known, |_, o, g| {
+            let e = entries.next().expect("an entry per known market");
             let unchanged = *e.outcomes == *o && e.market_groups.as_deref() == g;
             (e.xmin, e.ctid, unchanged)
         });
@@ -337,7 +351,7 @@ impl OddsWriter {
             sql: KNOWN_SQL,
             packed,
         };
-        (known, unknown)
+        (Some(known), unknown)
     }
 
     /// The parameters of the statements [`OddsWriter::write`] would send first for `rows` (as
@@ -346,12 +360,9 @@ impl OddsWriter {
     /// ([`KNOWN_SQL`](super::KNOWN_SQL)); for the others, `partwarden.write_odds_packed`'s
     /// ([`WRITE_SQL`](super::WRITE_SQL)).
     pub fn statements_for<'a>(&self, rows: &[&'a MarketOdds]) -> (Packed<'a>, Packed<'a>) {
-        let (first, second) = self.statements(rows);
-        let none = || Packed::new(&[]);
-        match (first.sql == KNOWN_SQL, second) {
-            (true, second) => (first.packed, second.map_or_else(none, |s| s.packed)),
-            (false, _) => (none(), first.packed),
-        }
+        let (known, unknown) = self.statements(rows);
+        let packed = |s: Option<Statement<'a>>| s.map_or_else(|| Packed::new(&[]), |s| s.packed);
+        (packed(known), packed(unknown))
     }
 
     /// [`mark_unavailable`](super::mark_unavailable), forgetting the markets it marks (their

@@ -185,10 +185,11 @@ async fn main() {
                         rows.len(),
                         d,
                         format!(
-                            "{}; sent without JSON {}, resent {}",
+                            "{}; sent without JSON {}, resent {}, upserted as existing {}",
                             counts(&total),
                             stats.sent_as_versions - before.sent_as_versions,
-                            stats.resent - before.resent
+                            stats.resent - before.resent,
+                            stats.new_existed - before.new_existed
                         ),
                     ));
                 }

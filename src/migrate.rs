@@ -84,6 +84,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0009_write_odds_known.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 10,
+        name: "write_odds_new",
+        sql: include_str!("../schema/0010_write_odds_new.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`

@@ -3,7 +3,9 @@
 //! Application writers call [`write_batch`] with a scrape's markets, or keep an
 //! [`OddsWriter`] (`writer.rs`), which writes the same but updates the markets it wrote before
 //! by their row version (`partwarden.write_odds_known`, migration `0009_write_odds_known`),
-//! sends only the JSON of those that changed since, and pipelines a cycle's batches.
+//! sends only the JSON of those that changed since, inserts the markets it never wrote with a
+//! plain `INSERT` (`partwarden.write_odds_new`, migration `0010_write_odds_new`, which upserts
+//! them instead when one exists), and pipelines a cycle's batches.
 //! [`write_batch`] keeps the latest scrape of each key when a batch repeats one (the later row
 //! of the batch when the instants tie), sorts the batch by key, and sends one statement with
 //! typed parameters (no SQL is built from values): a call of `partwarden.write_odds_packed`
@@ -487,6 +489,11 @@ pub const WRITE_SQL: &str = "SELECT * FROM partwarden.write_odds_packed($1, $2, 
 /// The statement [`OddsWriter`] sends for the markets it wrote before, by their row version:
 /// the function of `schema/0009_write_odds_known.sql`.
 pub const KNOWN_SQL: &str = "SELECT * FROM partwarden.write_odds_known($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+
+/// The statement [`OddsWriter`] sends for the markets it has no row version of: a plain
+/// `INSERT`, or `write_odds_packed`'s upsert when one of them exists (the function of
+/// `schema/0010_write_odds_new.sql`).
+pub const NEW_SQL: &str = "SELECT * FROM partwarden.write_odds_new($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// What the server answered to one [`Packed`] batch.
 struct Answer {

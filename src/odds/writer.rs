@@ -11,7 +11,11 @@
 //! market whose JSON is byte for byte the remembered one travels without it. If any market of
 //! that statement is not its version any more, nothing of it is written and the writer sends
 //! those markets again through `write_odds_packed` with their JSON: a miss costs a second
-//! statement, never a wrong row. The markets it does not know go to `write_odds_packed`.
+//! statement, never a wrong row. The markets it does not know go to `partwarden.write_odds_new`
+//! (`schema/0010_write_odds_new.sql`): most are new, and a plain `INSERT` spares the upsert's
+//! conflict probe and speculative insertion; when one exists after all (written by someone
+//! else, or before the writer started), the server rolls the insert back and upserts the same
+//! parameters instead, with no resend.
 //!
 //! What is written is exactly what [`write_batch`](super::write_batch) writes: the same rows,
 //! the same change detection, history and counts. Each statement takes its row locks in key
@@ -26,7 +30,7 @@ use chrono::{DateTime, Duration, Utc};
 use tokio_postgres::GenericClient;
 
 use super::{
-    Answer, FxBuild, KNOWN_SQL, MarketKey, MarketOdds, Packed, Tid, WRITE_SQL, WriteError,
+    Answer, FxBuild, KNOWN_SQL, MarketKey, MarketOdds, NEW_SQL, Packed, Tid, WRITE_SQL, WriteError,
     WriteSummary, Xid, line_bits, prepare, send, validate_all,
 };
 
@@ -42,23 +46,41 @@ const DEFAULT_CAPACITY: usize = 1_000_000;
 /// the 2^31 transactions after which an xid can repeat.
 const DEFAULT_MAX_AGE: Duration = Duration::hours(1);
 
+/// Which function a statement calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// `write_odds_known`: markets this writer wrote, by their row version.
+    Known,
+    /// `write_odds_new`: markets it has no version of, with their JSON.
+    New,
+    /// `write_odds_packed`: the markets of a statement that missed, with their JSON.
+    Resend,
+}
+
+impl Kind {
+    fn sql(self) -> &'static str {
+        match self {
+            Kind::Known => KNOWN_SQL,
+            Kind::New => NEW_SQL,
+            Kind::Resend => WRITE_SQL,
+        }
+    }
+}
+
 /// One statement of a cycle: its markets (in key order), the function it calls and its
 /// parameters.
 struct Statement<'a> {
     rows: Vec<&'a MarketOdds>,
-    sql: &'static str,
+    kind: Kind,
     packed: Packed<'a>,
 }
 
 impl<'a> Statement<'a> {
-    /// `rows` through `write_odds_packed`, every market with its JSON: cannot miss.
-    fn in_full(rows: Vec<&'a MarketOdds>) -> Statement<'a> {
+    /// `rows`, every market with its JSON, through `write_odds_new` ([`Kind::New`]) or
+    /// `write_odds_packed` ([`Kind::Resend`]): neither can miss.
+    fn in_full(rows: Vec<&'a MarketOdds>, kind: Kind) -> Statement<'a> {
         let packed = Packed::new(&rows);
-        Statement {
-            rows,
-            sql: WRITE_SQL,
-            packed,
-        }
+        Statement { rows, kind, packed }
     }
 }
 
@@ -73,7 +95,7 @@ async fn start<'a, C: GenericClient + Sync>(
     statement: Statement<'a>,
 ) -> InFlight<'a> {
     let mut sent: InFlight<'a> = Box::pin(async move {
-        let answer = send(client, statement.sql, &statement.packed, true).await;
+        let answer = send(client, statement.kind.sql(), &statement.packed, true).await;
         (statement, answer)
     });
     match poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx))).await {
@@ -113,6 +135,10 @@ pub struct WriterStats {
     /// Statements of known markets sent a second time, with every market's JSON through
     /// `write_odds_packed`, because a market was not the version sent any more.
     pub resent: u64,
+    /// Statements of markets this writer had no version of that found one of them in the
+    /// table already (written by someone else, or before this writer was made): the server
+    /// upserted them instead of inserting them, with no resend.
+    pub new_existed: u64,
 }
 
 /// A writer of scrape batches that writes the markets it wrote before by their row version and
@@ -143,10 +169,10 @@ pub struct WriterStats {
 ///   transactions writing the same markets at the same time can deadlock (PostgreSQL then
 ///   cancels one after `deadlock_timeout`, an error [`WriteError::is_transient`] says may be
 ///   retried);
-/// - the statement of remembered markets runs in a subtransaction (the miss is rolled back to
-///   it): keep such a transaction under 64 batches, beyond which PostgreSQL's per-backend
-///   subtransaction cache overflows and every snapshot in the cluster gets slower while the
-///   transaction is open.
+/// - each statement runs in a subtransaction (a miss, or the insert of a market that exists
+///   after all, is rolled back to it): keep such a transaction under 64 statements (32
+///   batches), beyond which PostgreSQL's per-backend subtransaction cache overflows and every
+///   snapshot in the cluster gets slower while the transaction is open.
 #[derive(Debug)]
 pub struct OddsWriter {
     /// By event and line (as the unique index sees it), the few markets of each: looked up
@@ -276,7 +302,7 @@ impl OddsWriter {
             if let Some(rows) = self.settle(statement, answer, &mut progress) {
                 // A market was not the version sent: its markets again, with every market's
                 // JSON (which cannot miss), behind the statements already sent.
-                in_flight.push_back(start(client, Statement::in_full(rows)).await);
+                in_flight.push_back(start(client, Statement::in_full(rows, Kind::Resend)).await);
             }
         }
         match progress.error {
@@ -301,6 +327,9 @@ impl OddsWriter {
                 Some(statement.rows)
             }
             Ok(a) => {
+                if statement.kind == Kind::New && a.summary.inserted < statement.rows.len() as u64 {
+                    self.stats.new_existed += 1;
+                }
                 let as_versions = statement.packed.sent_as_versions() as u64;
                 self.stats.sent_as_versions += as_versions;
                 self.stats.sent_with_json += statement.rows.len() as u64 - as_versions;
@@ -318,7 +347,7 @@ impl OddsWriter {
 
     /// The statements of a batch (`rows` in key order): the markets this writer knows, by
     /// their row version (`partwarden.write_odds_known`), and the others, with their JSON
-    /// (`partwarden.write_odds_packed`); `None` for a kind the batch has none of.
+    /// (`partwarden.write_odds_new`); `None` for a kind the batch has none of.
     fn statements<'a>(
         &self,
         rows: &[&'a MarketOdds],
@@ -335,7 +364,7 @@ impl OddsWriter {
                 None => unknown.push(*r),
             }
         }
-        let unknown = (!unknown.is_empty()).then(|| Statement::in_full(unknown));
+        let unknown = (!unknown.is_empty()).then(|| Statement::in_full(unknown, Kind::New));
         if known.is_empty() {
             return (None, unknown);
         }
@@ -348,7 +377,7 @@ impl OddsWriter {
         });
         let known = Statement {
             rows: known,
-            sql: KNOWN_SQL,
+            kind: Kind::Known,
             packed,
         };
         (Some(known), unknown)
@@ -357,8 +386,8 @@ impl OddsWriter {
     /// The parameters of the statements [`OddsWriter::write`] would send first for `rows` (as
     /// [`prepare`](super::prepare) returns them), to run them elsewhere (the benchmark runs
     /// them server-side): for the markets it knows, `partwarden.write_odds_known`'s
-    /// ([`KNOWN_SQL`](super::KNOWN_SQL)); for the others, `partwarden.write_odds_packed`'s
-    /// ([`WRITE_SQL`](super::WRITE_SQL)).
+    /// ([`KNOWN_SQL`](super::KNOWN_SQL)); for the others, `partwarden.write_odds_new`'s
+    /// ([`NEW_SQL`](super::NEW_SQL)).
     pub fn statements_for<'a>(&self, rows: &[&'a MarketOdds]) -> (Packed<'a>, Packed<'a>) {
         let (known, unknown) = self.statements(rows);
         let packed = |s: Option<Statement<'a>>| s.map_or_else(|| Packed::new(&[]), |s| s.packed);

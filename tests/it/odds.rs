@@ -677,6 +677,83 @@ async fn a_writer_sends_unchanged_markets_without_their_json() {
     assert_eq!(w.stats().resent, 0);
 }
 
+/// Markets a writer has no version of go through a plain INSERT; when one of them exists after
+/// all (someone else wrote it, or the writer was restarted), the server rolls that insert back
+/// and upserts the same batch: what is written and counted is write_batch's, with no market
+/// inserted twice and no history row for the insert rolled back.
+#[tokio::test]
+async fn a_writer_inserts_markets_it_never_wrote_and_upserts_them_when_one_exists() {
+    let db = bootstrapped("odds_writer_new").await;
+    let c = db.client().await;
+    let t = now() - Duration::minutes(30);
+    let at = |m: i64| t + Duration::minutes(m);
+
+    // All new: inserted, nothing fell back.
+    let mut w = OddsWriter::new();
+    let s = w.write(&c, &cycle(at(0), 1.5)).await.unwrap();
+    assert_eq!((s.inserted, s.history_rows), (20, 20));
+    assert_eq!(w.stats().new_existed, 0);
+
+    // Events 21..=40 for a writer that never wrote them, where someone else wrote event 40
+    // (the batch's last market: 19 markets are inserted before the conflict) with the same
+    // outcomes earlier, and event 30 with a later scrape.
+    let batch: Vec<MarketOdds> = (21..=40)
+        .map(|e| market(e, "1x2", None, &[("1", 1.5), ("X", 3.0), ("2", 4.0)], at(2)))
+        .collect();
+    let mut e40 = batch[19].clone();
+    e40.scraped_at = at(1);
+    let mut e30 = batch[9].clone();
+    e30.scraped_at = at(3);
+    write_batch(&c, &[e40, e30]).await.unwrap();
+    assert_eq!(history_count(&c).await, 22);
+    let mut w = OddsWriter::new();
+    let s = w.write(&c, &batch).await.unwrap();
+    assert_eq!(
+        (s.inserted, s.changed, s.unchanged, s.stale, s.history_rows),
+        (18, 0, 1, 1, 18),
+        "the upsert's counts"
+    );
+    assert_eq!(w.stats().new_existed, 1);
+    assert_eq!(w.stats().resent, 0, "upserted by the server, not resent");
+    assert_eq!(
+        history_count(&c).await,
+        40,
+        "one history row per new market"
+    );
+    let per_key: Vec<(i32, i64)> = c
+        .query(
+            "SELECT event_id, count(*) FROM market_odds_current WHERE event_id > 20 \
+             GROUP BY event_id ORDER BY event_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(per_key, (21..=40).map(|e| (e, 1)).collect::<Vec<_>>());
+    assert_eq!(
+        stored(&c, 30).await.3,
+        at(3),
+        "the stale scrape left event 30 alone"
+    );
+    assert_eq!(stored(&c, 40).await.3, at(2));
+
+    // A writer restarted on markets that all exist: each batch's first market exists.
+    let mut w = OddsWriter::new();
+    let s = w.write_cycle(&c, &cycle(at(5), 1.6), 5).await.unwrap();
+    assert_eq!(
+        (s.inserted, s.changed, s.unchanged, s.history_rows),
+        (0, 1, 19, 1)
+    );
+    assert_eq!(w.stats().new_existed, 4, "four batches, each upserted");
+    assert_eq!(history_count(&c).await, 41);
+    // It remembers what the upserts wrote: the next cycle goes by version.
+    let s = w.write_cycle(&c, &cycle(at(6), 1.6), 5).await.unwrap();
+    assert_eq!((s.unchanged, s.history_rows), (20, 0));
+    assert_eq!(w.stats().sent_as_versions, 20);
+}
+
 /// The writer remembers what it wrote; anything that wrote the row since must make it send the
 /// JSON again, or it would take a changed market for unchanged and lose the change.
 #[tokio::test]

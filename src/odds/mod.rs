@@ -482,8 +482,9 @@ impl<'a> Packed<'a> {
     }
 }
 
-/// The statement [`write_batch`] sends, and [`OddsWriter`] for markets it has not written (or
-/// no longer trusts): the function of `schema/0008_write_odds_packed.sql`.
+/// The statement [`write_batch`] sends, and [`OddsWriter`] for the markets of a statement that
+/// missed (a row no longer the version it wrote): the function of
+/// `schema/0008_write_odds_packed.sql`.
 pub const WRITE_SQL: &str = "SELECT * FROM partwarden.write_odds_packed($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// The statement [`OddsWriter`] sends for the markets it wrote before, by their row version:

@@ -601,7 +601,20 @@ async fn stored(
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
-/// `rows` scraped again, unchanged, at `at`.
+/// The first two columns of `sql`'s rows.
+async fn pairs<A, B>(c: &tokio_postgres::Client, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> tokio_postgres::types::FromSql<'a>,
+    B: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    c.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// The (ctid, xmin) of event `event`'s row, as text.
 async fn row_version(c: &tokio_postgres::Client, event: i32) -> (String, String) {
     let r = c
@@ -614,6 +627,7 @@ async fn row_version(c: &tokio_postgres::Client, event: i32) -> (String, String)
     (r.get(0), r.get(1))
 }
 
+/// `rows` scraped again, unchanged, at `at`.
 fn rescraped(rows: &[MarketOdds], at: DateTime<Utc>) -> Vec<MarketOdds> {
     rows.iter()
         .cloned()
@@ -720,17 +734,12 @@ async fn a_writer_inserts_markets_it_never_wrote_and_upserts_them_when_one_exist
         40,
         "one history row per new market"
     );
-    let per_key: Vec<(i32, i64)> = c
-        .query(
-            "SELECT event_id, count(*) FROM market_odds_current WHERE event_id > 20 \
-             GROUP BY event_id ORDER BY event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let per_key: Vec<(i32, i64)> = pairs(
+        &c,
+        "SELECT event_id, count(*) FROM market_odds_current WHERE event_id > 20 \
+         GROUP BY event_id ORDER BY event_id",
+    )
+    .await;
     assert_eq!(per_key, (21..=40).map(|e| (e, 1)).collect::<Vec<_>>());
     assert_eq!(
         stored(&c, 30).await.3,
@@ -944,16 +953,11 @@ async fn a_writer_never_trusts_a_row_someone_else_wrote() {
     );
     let s = w.write(&c, &rescraped(&three[..2], at(14))).await.unwrap();
     assert_eq!((s.inserted, s.unchanged), (1, 1), "{s:?}");
-    let names: Vec<(i32, String)> = c
-        .query(
-            "SELECT event_id, betpawa_market_name FROM market_odds_current ORDER BY event_id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let names: Vec<(i32, String)> = pairs(
+        &c,
+        "SELECT event_id, betpawa_market_name FROM market_odds_current ORDER BY event_id",
+    )
+    .await;
     assert_eq!(
         names,
         (1..=3)

@@ -1081,6 +1081,59 @@ async fn concurrent_odds_writers_miss_and_resend_without_deadlock() {
     println!("resent batches {resent}, markets sent as versions {as_versions}");
 }
 
+/// Writers that never wrote the same new markets, at the same time: the first insert of each
+/// market wins, the others wait for it, fail on the unique index and are upserted instead. No
+/// market is inserted twice, and each gets exactly one history row (same outcomes).
+#[tokio::test]
+async fn concurrent_writers_of_the_same_new_markets_insert_each_once() {
+    let db = bootstrapped("odds_writer_new_concurrent").await;
+    let base = now() - Duration::minutes(30);
+    let mut tasks = Vec::new();
+    for w in 0..4i64 {
+        let c = db.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut writer = OddsWriter::new();
+            let at = base + Duration::seconds(w);
+            let cycle: Vec<MarketOdds> = (0..600)
+                .map(|k| market(k / 3, &format!("m{}", k % 3), None, &[("1", 1.5)], at))
+                .collect();
+            let s = writer
+                .write_cycle(&c, &cycle, 50)
+                .await
+                .expect("no deadlock, no error");
+            (s, writer.stats())
+        }));
+    }
+    let (mut inserted, mut counted, mut fell_back) = (0, 0, 0);
+    for t in tasks {
+        let (s, stats) = t.await.unwrap();
+        inserted += s.inserted;
+        counted += s.inserted + s.unchanged + s.stale;
+        fell_back += stats.new_existed;
+        assert_eq!(s.changed, 0, "{s:?}");
+    }
+    assert_eq!(inserted, 600, "each market inserted by one writer");
+    assert_eq!(counted, 4 * 600);
+    assert_eq!(
+        fell_back,
+        3 * 12,
+        "of each batch's four statements, three were upserted"
+    );
+    let c = db.client().await;
+    let (rows, keys): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT count(*), count(DISTINCT (event_id, betpawa_market_id)) FROM market_odds_current",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((rows, keys), (600, 600));
+    assert_eq!(history_count(&c).await, 600, "one history row per market");
+}
+
 /// A cycle in pipelined batches writes what batch-by-batch writes, and the second cycle sends
 /// its unchanged markets without JSON.
 #[tokio::test]

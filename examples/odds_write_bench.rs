@@ -37,18 +37,27 @@ use serde_json::json;
 
 const NAIVE_ROWS: usize = 20_000;
 
+/// A function of the write path, called on the fourteen parameters loaded into `bench_staging`
+/// (see `load_staging`), with its counts.
+macro_rules! staged {
+    ($function:literal) => {
+        concat!(
+            "SELECT w.inserted, w.changed, w.unchanged, w.history_rows FROM bench_staging, partwarden.",
+            $function,
+            "(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14) AS w"
+        )
+    };
+}
+
 /// The ceiling: the very statement write_batch sends, run on its parameters already in the
 /// server.
-const CEILING: &str = "SELECT w.inserted, w.changed, w.unchanged, w.history_rows FROM bench_staging, \
-     partwarden.write_odds_packed(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14) AS w";
+const CEILING: &str = staged!("write_odds_packed");
 
 /// The writer's statement for the markets it knows, server-side.
-const KNOWN: &str = "SELECT w.inserted, w.changed, w.unchanged, w.history_rows FROM bench_staging, \
-     partwarden.write_odds_known(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14) AS w";
+const KNOWN: &str = staged!("write_odds_known");
 
 /// The writer's statement for the markets it has no version of, server-side.
-const NEW: &str = "SELECT w.inserted, w.changed, w.unchanged, w.history_rows FROM bench_staging, \
-     partwarden.write_odds_new(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14) AS w";
+const NEW: &str = staged!("write_odds_new");
 
 /// The same for the statement before 0008: `write_odds`, the JSON as jsonb[].
 const PREVIOUS_CEILING: &str = "SELECT w.* FROM bench_previous_staging, \

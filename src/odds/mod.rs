@@ -9,11 +9,10 @@
 //! [`write_batch`] keeps the latest scrape of each key when a batch repeats one (the later row
 //! of the batch when the instants tie), sorts the batch by key, and sends one statement with
 //! typed parameters (no SQL is built from values): a call of `partwarden.write_odds_packed`
-//! (migration
-//! `0008_write_odds_packed`: the upsert of `0003_write_odds` with the change detection of
-//! `0005_change_detection`, the batch's JSON as one value). On the server, in one pass over the
-//! batch in key order (so concurrent writers with overlapping keys take their row locks in one
-//! global order and never deadlock):
+//! (migration `0008_write_odds_packed`: the upsert of `0003_write_odds` with the change
+//! detection of `0005_change_detection`, the batch's JSON as one value). On the server, in one
+//! pass over the batch in key order (so concurrent writers with overlapping keys take their row
+//! locks in one global order and never deadlock):
 //!
 //! 1. `market_odds_current` is upserted on its conflict target, the unique index
 //!    `(event_id, bookmaker_slug, betpawa_market_id, COALESCE(line, 0))`: new markets are
@@ -345,24 +344,25 @@ impl<'a> Packed<'a> {
     /// The parameters of `rows` (as [`prepare`] returns them), every market with its JSON, for
     /// `partwarden.write_odds_packed` ([`WRITE_SQL`]).
     pub fn new(rows: &[&'a MarketOdds]) -> Packed<'a> {
-        Packed::build(rows, |_, _, _| None)
+        Packed::build(rows, |_, _| None)
     }
 
     /// The parameters of `rows` for `partwarden.write_odds_known` ([`KNOWN_SQL`]): every
-    /// market with the row version `version(row, outcomes JSON, market_groups JSON)` gives,
-    /// and whether that JSON is the version's (the market then travels without it).
+    /// market with the row version `version(outcomes JSON, market_groups JSON)` gives (called
+    /// once per market, in order), and whether that JSON is the version's (the market then
+    /// travels without it).
     fn known(
         rows: &[&'a MarketOdds],
-        mut version: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> (Xid, Tid, bool),
+        mut version: impl FnMut(&[u8], Option<&[u8]>) -> (Xid, Tid, bool),
     ) -> Packed<'a> {
-        Packed::build(rows, |r, o, g| Some(version(r, o, g)))
+        Packed::build(rows, |o, g| Some(version(o, g)))
     }
 
     /// `version` gives a market's row version and whether its JSON is unchanged since, or
     /// `None` (for every market: write_odds_packed's parameters).
     fn build(
         rows: &[&'a MarketOdds],
-        mut version: impl FnMut(&MarketOdds, &[u8], Option<&[u8]>) -> Option<(Xid, Tid, bool)>,
+        mut version: impl FnMut(&[u8], Option<&[u8]>) -> Option<(Xid, Tid, bool)>,
     ) -> Packed<'a> {
         let mut outcomes = Vec::with_capacity(rows.len() * 128);
         let mut groups = Vec::with_capacity(rows.len() * 16);
@@ -388,7 +388,7 @@ impl<'a> Packed<'a> {
             });
             groups.push(b']');
             let Some((x, t, unchanged)) =
-                version(r, &outcomes[o.clone()], g.clone().map(|g| &groups[g]))
+                version(&outcomes[o.clone()], g.clone().map(|g| &groups[g]))
             else {
                 spans.push(Some(Spans {
                     outcomes: o,

@@ -370,7 +370,7 @@ impl OddsWriter {
         }
         // Called once per market, in order.
         let mut entries = entries.into_iter();
-        let packed = Packed::known(&known, |_, o, g| {
+        let packed = Packed::known(&known, |o, g| {
             let e = entries.next().expect("an entry per known market");
             let unchanged = *e.outcomes == *o && e.market_groups.as_deref() == g;
             (e.xmin, e.ctid, unchanged)

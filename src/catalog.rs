@@ -86,6 +86,8 @@ pub struct Column {
     pub data_type: String,
     /// `attnotnull`.
     pub not_null: bool,
+    /// `attgenerated <> ''`: a generated column, which an INSERT must not name.
+    pub generated: bool,
 }
 
 /// One index of a table.
@@ -326,7 +328,7 @@ async fn columns_of(
 ) -> Result<Vec<(u32, Column)>, tokio_postgres::Error> {
     Ok(client
         .query(
-            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull \
+            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull, attgenerated <> '' \
              FROM pg_attribute WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped \
              ORDER BY attrelid, attnum",
             &[&oids],
@@ -340,6 +342,7 @@ async fn columns_of(
                     name: r.get(1),
                     data_type: r.get(2),
                     not_null: r.get(3),
+                    generated: r.get(4),
                 },
             )
         })

@@ -35,6 +35,8 @@ pub mod daemon;
 pub mod db;
 pub mod dberror;
 #[cfg(feature = "daemon")]
+pub(crate) mod drain;
+#[cfg(feature = "daemon")]
 pub(crate) mod expiry;
 #[cfg(feature = "daemon")]
 pub(crate) mod fault;

@@ -90,6 +90,12 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../schema/0010_write_odds_new.sql"),
         adopts: &[],
     },
+    Migration {
+        version: 11,
+        name: "default_drains",
+        sql: include_str!("../schema/0011_default_drains.sql"),
+        adopts: &[],
+    },
 ];
 
 /// Creates partwarden's schema; run only when it does not exist, since even `IF NOT EXISTS`

@@ -120,6 +120,7 @@ impl ExpectedTable {
                     name: n.to_string(),
                     data_type: t.to_string(),
                     not_null: *nn,
+                    generated: false,
                 })
                 .collect(),
             ..TableSnapshot::default()

@@ -295,7 +295,7 @@ async fn table_checks(
     }
     let mut out = vec![runway(table, snap, now), coverage(table, snap, now)];
     out.push(routing(client, config, table, snap, now).await);
-    out.push(default_partition(client, table, snap).await);
+    out.push(default_partition(client, config, table, snap).await);
     out.push(index_check(table, &rel, isnap));
     out.push(expiry_check(client, config, table, snap, now).await);
     out.push(maintenance(client, config, table, now).await);

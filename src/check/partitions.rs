@@ -82,21 +82,12 @@ pub(super) fn coverage(table: &TableConfig, snap: &TableSnapshot, now: DateTime<
     };
     let mut gaps = Vec::new();
     let mut expired_gaps = Vec::new();
-    // With a DEFAULT partition, the stretch near now that a pass leaves in it until it is past.
-    let mut deferred_gaps = Vec::new();
     let mut overlaps = Vec::new();
     for w in parts.windows(2) {
         let (a, b) = (w[0], w[1]);
         match (a.upper, b.lower) {
             (Some(u), Some(l)) if u < l && crate::expiry::is_expired(table, Some(l), now) => {
                 expired_gaps.push(format!("{} .. {}", fmt(Some(u)), fmt(Some(l))))
-            }
-            (Some(u), Some(l))
-                if u < l
-                    && premake::deferred(snap, crate::period::Period { start: u, end: l }, now)
-                        .is_some_and(|split| l <= split) =>
-            {
-                deferred_gaps.push(format!("{} .. {}", fmt(Some(u)), fmt(Some(l))))
             }
             (Some(u), Some(l)) if u < l => {
                 gaps.push(format!("{} .. {}", fmt(Some(u)), fmt(Some(l))))
@@ -135,7 +126,7 @@ pub(super) fn coverage(table: &TableConfig, snap: &TableSnapshot, now: DateTime<
             ));
         }
     }
-    let details = json!({"partitions": parts.len(), "gaps": gaps, "expired_gaps": expired_gaps, "deferred_gaps": deferred_gaps, "overlaps": overlaps, "misaligned": misaligned, "misnamed": misnamed});
+    let details = json!({"partitions": parts.len(), "gaps": gaps, "expired_gaps": expired_gaps, "overlaps": overlaps, "misaligned": misaligned, "misnamed": misnamed});
     let mut problems = Vec::new();
     if !gaps.is_empty() {
         problems.push(format!(
@@ -191,8 +182,12 @@ fn shown(items: &[String]) -> String {
     }
 }
 
+/// The DEFAULT partition: empty (ok), being drained (warning, with the drain's progress),
+/// holding rows no pass drains (critical), or carrying a CHECK left by an older partwarden that
+/// refuses writes (critical).
 pub(super) async fn default_partition(
     client: &Client,
+    config: &Config,
     table: &TableConfig,
     snap: &TableSnapshot,
 ) -> Check {
@@ -206,36 +201,90 @@ pub(super) async fn default_partition(
             json!({"default": null}),
         );
     };
-    match client
+    let unknown = |e: tokio_postgres::Error| {
+        check(
+            "default_partition",
+            Some(&t),
+            Status::Unknown,
+            error_text(&e),
+            json!({}),
+        )
+    };
+    let has_rows = match client
         .query_one(
             &format!("SELECT EXISTS (SELECT 1 FROM ONLY {})", d.name.quoted()),
             &[],
         )
         .await
     {
-        Err(e) => check(
-            "default_partition",
-            Some(&t),
-            Status::Unknown,
-            error_text(&e),
-            json!({}),
-        ),
-        Ok(r) if r.get::<_, bool>(0) => check(
+        Ok(r) => r.get::<_, bool>(0),
+        Err(e) => return unknown(e),
+    };
+    let progress = match crate::drain::progress(client, &RelName::from(&table.name), &d.name).await
+    {
+        Ok(p) => p,
+        Err(e) => return unknown(e),
+    };
+    let budget = config.maintenance.default_move_budget;
+    let mut details = json!({
+        "default": d.name.to_string(),
+        "has_rows": has_rows,
+        "rows_estimate": progress.rows_estimate,
+        "leftover_exclusion": progress.leftover_exclusion,
+    });
+    if let Some(s) = &progress.state {
+        details["drain"] = json!({
+            "blocks": s.blocks,
+            "blocks_copied": s.next_block,
+            "started_at": s.started_at.to_rfc3339(),
+            "passes_left": progress.passes_left(budget),
+        });
+    }
+    if progress.leftover_exclusion {
+        return check(
             "default_partition",
             Some(&t),
             Status::Critical,
             format!(
-                "DEFAULT partition {} holds rows: they belong to no period; the next pass moves those of the periods it creates, the rest need a partition or a cleanup",
-                d.name
+                "DEFAULT partition {} carries {}, a CHECK left by an older partwarden: writes of the range it excludes fail; the next pass drops it",
+                d.name,
+                crate::premake::DEFAULT_EXCLUSION
             ),
-            json!({"default": d.name.to_string(), "has_rows": true}),
+            details,
+        );
+    }
+    match (&progress.state, has_rows) {
+        (Some(s), _) => check(
+            "default_partition",
+            Some(&t),
+            Status::Warning,
+            format!(
+                "DEFAULT partition {} (about {} rows) is being drained into period partitions: {} of {} blocks copied since {}, about {} more passes",
+                d.name,
+                progress.rows_estimate,
+                s.next_block,
+                s.blocks,
+                s.started_at.to_rfc3339(),
+                progress.passes_left(budget).unwrap_or(1)
+            ),
+            details,
         ),
-        Ok(_) => check(
+        (None, true) => check(
+            "default_partition",
+            Some(&t),
+            Status::Critical,
+            format!(
+                "DEFAULT partition {} holds rows (about {}): the next pass drains those before the premake horizon into period partitions; rows after it, or with no key, need a partition or a cleanup (a pass's errors say why a drain cannot run)",
+                d.name, progress.rows_estimate
+            ),
+            details,
+        ),
+        (None, false) => check(
             "default_partition",
             Some(&t),
             Status::Ok,
             format!("DEFAULT partition {} is empty", d.name),
-            json!({"default": d.name.to_string(), "has_rows": false}),
+            details,
         ),
     }
 }

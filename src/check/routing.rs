@@ -159,6 +159,14 @@ async fn probe_routing(
     if let Some(x) = past_end {
         probes.push((x, default.map(|d| &d.name)));
     }
+    // The current instant, when it routes to the DEFAULT partition (a table being taken over):
+    // a write there must succeed, whatever that partition carries.
+    if let Some(d) = default
+        && !snap.partitions.iter().any(|p| p.contains(now))
+        && past_end != Some(now)
+    {
+        probes.push((now, Some(&d.name)));
+    }
     // The expected partitions as `tableoid::regclass::text` prints them (qualified only when
     // not on the search_path), asked of the server for these few, not for every partition.
     let mut expected: Vec<String> = probes

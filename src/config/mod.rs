@@ -141,6 +141,10 @@ pub struct MaintenanceConfig {
     pub archive_format: crate::archive::DataFormat,
     /// Partitions expired per pass at most, so one pass never spends hours archiving.
     pub max_expired_per_pass: usize,
+    /// Rows of a DEFAULT partition copied into period partitions per pass at most (an
+    /// estimate from the partition's rows per block), so that draining a large DEFAULT
+    /// partition is spread over passes instead of making one pass last hours.
+    pub default_move_budget: u64,
     /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
     /// name, `%%` a percent sign); a table is dropped only after it exits 0 for both.
     pub archive_command: Option<String>,

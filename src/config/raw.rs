@@ -73,6 +73,7 @@ struct RawMaintenance {
     schedule: String,
     archive_dir: String,
     max_expired_per_pass: i64,
+    default_move_budget: i64,
     archive_command: String,
     archive_command_timeout: String,
     archive_timeout: String,
@@ -89,6 +90,7 @@ impl Default for RawMaintenance {
             schedule: "0 */10 * * * *".into(),
             archive_dir: "/var/lib/partwarden/archive".into(),
             max_expired_per_pass: 3,
+            default_move_budget: 2_000_000,
             archive_command: String::new(),
             archive_command_timeout: "10m".into(),
             archive_timeout: "none".into(),
@@ -283,6 +285,12 @@ impl RawMaintenance {
                 self.max_expired_per_pass
             ));
         }
+        if !(1_000..=1_000_000_000).contains(&self.default_move_budget) {
+            return Err(format!(
+                "key `maintenance.default_move_budget`: expected a whole number of rows from 1000 to 1000000000, got {}",
+                self.default_move_budget
+            ));
+        }
         let archive_command = match self.archive_command.trim() {
             "" => None,
             c if !c.contains("%p") && !c.contains("%f") => {
@@ -332,6 +340,7 @@ impl RawMaintenance {
             archive_store,
             archive_format,
             max_expired_per_pass: self.max_expired_per_pass as usize,
+            default_move_budget: self.default_move_budget as u64,
             archive_command,
             archive_command_timeout,
             archive_timeout,

@@ -23,6 +23,7 @@ use crate::catalog::{self, RelName, TableSnapshot};
 use crate::clock::Clocks;
 use crate::config::{Config, OnExpiry, TableConfig};
 use crate::db::{self, ConnectError, error_text};
+use crate::drain;
 use crate::expiry;
 use crate::fault;
 use crate::indexes;
@@ -331,7 +332,8 @@ pub struct Ctx<'a> {
     pub out: &'a mut (dyn Write + Send),
 }
 
-/// Creates the partitions `table` needs. Returns whether the table can be managed at all.
+/// Creates the partitions `table` needs, draining its DEFAULT partition first when that holds
+/// rows of the periods to make ([`drain`]). Returns whether the table can be managed at all.
 pub async fn premake_table(
     client: &mut Client,
     ctx: &mut Ctx<'_>,
@@ -339,6 +341,16 @@ pub async fn premake_table(
     snap: &TableSnapshot,
     tr: &mut TableReport,
 ) -> bool {
+    if let Err(e) = premake::check_manageable(table, snap) {
+        tr.errors.push(e);
+        return false;
+    }
+    if snap.default_partition().is_some() {
+        match drain_default(client, ctx, table, snap, tr).await {
+            Drained::Premake => {}
+            Drained::Stop => return true,
+        }
+    }
     let creates = match premake::plan(table, snap, ctx.now) {
         Ok(c) => c,
         Err(e) => {
@@ -353,26 +365,13 @@ pub async fn premake_table(
             break;
         }
         if ctx.dry_run {
-            if let Some(prepare) = &c.prepare {
-                let _ = writeln!(ctx.out, "{}", prepare.render(ctx.config));
-            }
             let _ = writeln!(ctx.out, "{}", c.action.render(ctx.config));
             tr.created.push(c.partition.to_string());
             continue;
         }
         let mut exec = Executor::new(client, ctx.config);
-        if let Some(prepare) = &c.prepare
-            && let Err(e) = exec.run(prepare).await
-        {
-            tr.errors.push(e.to_string());
-            break;
-        }
         match exec.run(&c.action).await {
-            Ok(done) => {
-                let moved = done.rows;
-                if moved > 0 {
-                    tracing::info!(partition = %c.partition, rows = moved, "rows moved out of the DEFAULT partition");
-                }
+            Ok(_) => {
                 tr.created.push(c.partition.to_string());
                 metrics::add(&metrics::PARTITIONS_CREATED, 1);
             }
@@ -385,4 +384,118 @@ pub async fn premake_table(
         }
     }
     true
+}
+
+/// Catch-up rounds of a drain before its swap, at most.
+const CATCH_UP_ROUNDS: u32 = 6;
+
+/// Rows a catch-up round may touch and still be the last before the swap: about the work of a
+/// few milliseconds, which the swap then does while the application waits.
+const CATCH_UP_SMALL: u64 = 2_000;
+
+/// What [`premake_table`] does after [`drain_default`].
+enum Drained {
+    /// Make partitions the usual way: the DEFAULT partition holds no row they need.
+    Premake,
+    /// Nothing more for this table in this pass (a drain is under way, was refused or failed).
+    Stop,
+}
+
+/// Drains `table`'s DEFAULT partition as far as this pass's budget allows: survey, plan, run;
+/// again after the drain's setup, which changes what the next steps are.
+async fn drain_default(
+    client: &mut Client,
+    ctx: &mut Ctx<'_>,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    tr: &mut TableReport,
+) -> Drained {
+    let mut budget = ctx.config.maintenance.default_move_budget;
+    let horizon = premake::horizon(table, ctx.now);
+    for _round in 0..3 {
+        let survey = match drain::survey(&*client, table, snap, horizon).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Drained::Premake,
+            Err(e) => {
+                tr.errors.push(format!(
+                    "reading the DEFAULT partition of {}: {}",
+                    table.name,
+                    error_text(&e)
+                ));
+                return Drained::Stop;
+            }
+        };
+        let (steps, _swaps, progress) = match drain::plan(table, snap, &survey, ctx.now, budget) {
+            drain::Plan::Premake { cleanup } => {
+                if let Some(step) = cleanup {
+                    if ctx.dry_run {
+                        let _ = writeln!(ctx.out, "{}", step.render(ctx.config));
+                    } else if let Err(e) = Executor::new(client, ctx.config).run(&step).await {
+                        tr.errors.push(e.to_string());
+                        return Drained::Stop;
+                    }
+                }
+                return Drained::Premake;
+            }
+            drain::Plan::Refused(why) => {
+                tr.errors.push(why);
+                return Drained::Stop;
+            }
+            drain::Plan::Drain {
+                steps,
+                swaps,
+                progress,
+            } => (steps, swaps, progress),
+        };
+        tr.notes.push(progress);
+        if ctx.dry_run {
+            for step in &steps {
+                let _ = writeln!(ctx.out, "{}", step.render(ctx.config));
+            }
+            return Drained::Stop;
+        }
+        let starts = survey.state.is_none();
+        for step in &steps {
+            if ctx.stop.load(Ordering::SeqCst) {
+                tr.notes
+                    .push("stopping: the drain goes on in the next pass".into());
+                return Drained::Stop;
+            }
+            let mut result = Executor::new(client, ctx.config).run(step).await;
+            // The swap waits for the changes made during the last catch-up: catch up again
+            // while a round had much to do, so that the swap has little.
+            let mut rounds = 1;
+            while step.label.starts_with("catch up")
+                && rounds < CATCH_UP_ROUNDS
+                && result.as_ref().is_ok_and(|d| d.rows > CATCH_UP_SMALL)
+            {
+                result = Executor::new(client, ctx.config).run(step).await;
+                rounds += 1;
+            }
+            match result {
+                Ok(done) => {
+                    if step.label.starts_with("copy blocks") {
+                        budget = budget.saturating_sub(done.rows);
+                    }
+                    if step.label.starts_with("swap in") {
+                        tracing::info!(table = %table.name, "DEFAULT partition drained");
+                        tr.created.push(format!("{} (drained)", step.label));
+                        metrics::add(&metrics::PARTITIONS_CREATED, 1);
+                    }
+                }
+                Err(e) => {
+                    tr.errors.push(e.to_string());
+                    return Drained::Stop;
+                }
+            }
+            // After the setup, the copy is planned from what the setup recorded.
+            if starts && step.label.starts_with("start draining") {
+                break;
+            }
+        }
+        if !starts {
+            return Drained::Stop;
+        }
+    }
+    Drained::Stop
 }

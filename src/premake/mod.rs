@@ -7,9 +7,11 @@
 //! come from the clock, never from the newest row, so a quiet table still gets its partitions.
 //!
 //! Each partition is made with the low-lock recipe: create it standalone, add a CHECK that
-//! implies the bound (so ATTACH need not scan it), move any rows of the DEFAULT partition that
-//! belong to it, ATTACH (SHARE UPDATE EXCLUSIVE on the parent: writers are not blocked), and
-//! drop the now redundant CHECK. All of it is one action, one transaction.
+//! implies the bound (so ATTACH need not scan it), ATTACH (SHARE UPDATE EXCLUSIVE on the
+//! parent: writers are not blocked), and drop the now redundant CHECK. All of it is one
+//! action, one transaction. No row is ever moved here: a DEFAULT partition holding rows of the
+//! planned stretches is drained by [`crate::drain`] instead, which calls [`plan_from`] for the
+//! periods those rows need.
 
 use chrono::{DateTime, Utc};
 
@@ -63,16 +65,13 @@ pub struct Create {
     pub partition: RelName,
     /// Its range.
     pub period: Period,
-    /// With a DEFAULT partition: a brief transaction before `action` that adds the NOT VALID
-    /// CHECK excluding the range from the DEFAULT partition ([`DEFAULT_EXCLUSION`]).
-    pub prepare: Option<Step>,
     /// The transaction that creates and attaches it, recording a `create` event.
     pub action: Step,
 }
 
-/// Name of the CHECK that, validated without blocking, proves to ATTACH that the DEFAULT
-/// partition holds no row of the new range, so that ATTACH does not scan it under its ACCESS
-/// EXCLUSIVE lock. Dropped in the same transaction as the ATTACH.
+/// Name of the NOT VALID CHECK that partwarden before 0.11 added to a DEFAULT partition for the
+/// length of a move, and left behind when the move gave up (it refused every write of the
+/// excluded range). Dropped by [`crate::drain`] wherever it is found; `--check` reports it.
 pub const DEFAULT_EXCLUSION: &str = "partwarden_default_exclusion";
 
 /// The partitions `table` is missing at `now`, in time order, with the actions that make them.
@@ -92,15 +91,32 @@ pub fn plan(
     snap: &TableSnapshot,
     now: DateTime<Utc>,
 ) -> Result<Vec<Create>, String> {
+    plan_from(table, snap, now, None)
+}
+
+/// As [`plan`], for a table whose DEFAULT partition holds rows from `rows_from` on: the window
+/// starts at the period holding `rows_from` (if that is earlier), and stretches past the
+/// retention are planned too when they may hold rows (they are expired afterwards through the
+/// normal path, archive included, so that no row is deleted unarchived).
+pub fn plan_from(
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+    rows_from: Option<DateTime<Utc>>,
+) -> Result<Vec<Create>, String> {
     check_manageable(table, snap)?;
     let cal = table.calendar();
     let current = cal.containing(now);
     let horizon = horizon(table, now);
     // A hole between two partitions is filled even beyond the premake horizon.
     let window_end = snap.last_upper().map_or(horizon, |u| u.max(horizon));
+    let window_start = match rows_from {
+        Some(t) if t < current.start => cal.containing(t).start,
+        _ => current.start,
+    };
     let mut actions: Vec<Create> = Vec::new();
     let mut planned_names: Vec<String> = Vec::new();
-    for gap in gaps(snap, current.start, window_end) {
+    for gap in gaps(snap, window_start, window_end) {
         let mut t = gap.start;
         while t < gap.end {
             if actions.len() >= MAX_PERIODS {
@@ -110,24 +126,16 @@ pub fn plan(
                 ));
             }
             let period = cal.containing(t);
-            let mut piece = Period {
+            let piece = Period {
                 start: t,
                 end: period.end.min(gap.end),
             };
             t = piece.end;
-            // A hole older than the retention would only be expired again.
-            if crate::expiry::is_expired(table, Some(piece.end), now) {
+            // A hole older than the retention would only be expired again, unless rows of the
+            // DEFAULT partition need it.
+            let holds_rows = rows_from.is_some_and(|f| f < piece.end);
+            if !holds_rows && crate::expiry::is_expired(table, Some(piece.end), now) {
                 continue;
-            }
-            // With a DEFAULT partition, rows of a stretch being written now are in it: moving
-            // them would make writes wait (or fail). Only the part after `now + margin` is
-            // made now; the rest stays in the DEFAULT partition until a later pass finds it
-            // in the past (see `deferred`).
-            if let Some(split) = deferred(snap, piece, now) {
-                if split >= piece.end {
-                    continue;
-                }
-                piece.start = split;
             }
             let base = if piece == period {
                 expected_name(table, period.start)
@@ -159,7 +167,7 @@ pub fn plan(
                     table.premake
                 )
             };
-            let (prepare, action) = create_action(table, snap, piece, &name, reason, now);
+            let action = create_action(table, piece, &name, reason);
             planned_names.push(name.clone());
             actions.push(Create {
                 partition: RelName {
@@ -167,7 +175,6 @@ pub fn plan(
                     name,
                 },
                 period: piece,
-                prepare,
                 action,
             });
         }
@@ -183,29 +190,6 @@ pub fn horizon(table: &TableConfig, now: DateTime<Utc>) -> DateTime<Utc> {
         end = cal.next(end);
     }
     end
-}
-
-/// How far from `now` a stretch must be, with a DEFAULT partition, to be moved out of it: rows
-/// are written with the scrape's own timestamp, seconds behind the clock at most.
-pub const DEFAULT_SPLIT_MARGIN: chrono::Duration = chrono::Duration::minutes(5);
-
-/// With a DEFAULT partition, for a stretch within [`DEFAULT_SPLIT_MARGIN`] of `now`: the instant
-/// (`now + margin`, to the next whole minute) before which it stays in the DEFAULT partition
-/// for now. `None` when the stretch can be made whole (no DEFAULT partition, or the stretch is
-/// past or future by more than the margin).
-pub fn deferred(snap: &TableSnapshot, piece: Period, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    snap.default_partition()?;
-    if piece.end <= now - DEFAULT_SPLIT_MARGIN || piece.start >= now + DEFAULT_SPLIT_MARGIN {
-        return None;
-    }
-    let t = now + DEFAULT_SPLIT_MARGIN;
-    let minute =
-        chrono::DurationRound::duration_trunc(t, chrono::Duration::minutes(1)).expect("in range");
-    Some(if minute < t {
-        minute + chrono::Duration::minutes(1)
-    } else {
-        minute
-    })
 }
 
 /// The stretches of `[.., horizon)` that no partition covers, from the earliest partition's
@@ -316,122 +300,31 @@ pub fn name_fits(
             .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 2))
 }
 
-/// The statements that create the partition for `period`: create it standalone (with the
-/// parent's indexes when rows may be moved into it, so that ATTACH builds none), a CHECK that
-/// implies its bound (so ATTACH need not scan it), and ATTACH.
-///
-/// With a DEFAULT partition, its rows of the range are moved into the new partition first,
-/// and ATTACH would scan the whole DEFAULT partition under ACCESS EXCLUSIVE to prove that none
-/// is left, blocking every reader of the parent for as long. Instead, a `prepare` transaction
-/// adds a NOT VALID CHECK to the DEFAULT partition that excludes the range (a brief lock, no
-/// scan); the main transaction moves the rows, validates that CHECK (SHARE UPDATE EXCLUSIVE:
-/// readers and writers go on while it scans), then ATTACHes, which the validated CHECK spares
-/// the scan, and drops both CHECKs. Between the two transactions rows of the range cannot go
-/// to the DEFAULT partition, which is why [`plan`] never makes a stretch within
-/// [`DEFAULT_SPLIT_MARGIN`] of `now` while a DEFAULT partition exists.
-fn create_action(
-    table: &TableConfig,
-    snap: &TableSnapshot,
-    period: Period,
-    name: &str,
-    reason: String,
-    now: DateTime<Utc>,
-) -> (Option<Step>, Step) {
+/// The statements that create the partition for `period`: create it standalone, a CHECK that
+/// implies its bound (so ATTACH need not scan it), ATTACH, and drop the CHECK. With a DEFAULT
+/// partition, ATTACH also scans it under ACCESS EXCLUSIVE for rows of the range: the pass calls
+/// this only when the DEFAULT partition holds no row before the premake horizon
+/// ([`crate::drain`] moves them otherwise), so that scan finds nothing and is short.
+fn create_action(table: &TableConfig, period: Period, name: &str, reason: String) -> Step {
     let parent = RelName::from(&table.name);
     let child = RelName {
         schema: parent.schema.clone(),
         name: name.to_string(),
     };
-    let key = table.partition_key.quoted();
-    let (lo, hi) = (sql_timestamp(period.start), sql_timestamp(period.end));
-    let check = quote_ident(BOUND_CHECK);
-    let default = snap.default_partition();
-    // `plan` never makes a stretch near `now` while a DEFAULT partition exists (`deferred`).
-    let exclude = default.is_some();
-    debug_assert!(
-        default.is_none()
-            || period.end <= now - DEFAULT_SPLIT_MARGIN
-            || period.start >= now + DEFAULT_SPLIT_MARGIN
-    );
-    let like = if default.is_some() {
-        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS INCLUDING INDEXES"
-    } else {
-        "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMMENTS"
-    };
-    let mut statements = vec![
+    let statements = vec![
         format!(
-            "CREATE TABLE {} (LIKE {} {like})",
+            "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS})",
             child.quoted(),
             parent.quoted()
         ),
+        bound_check_sql(table, &child, period),
+        attach_sql(table, &child, period),
         format!(
-            "ALTER TABLE {} ADD CONSTRAINT {check} CHECK ({key} IS NOT NULL AND {key} >= {lo} AND {key} < {hi})",
-            child.quoted()
+            "ALTER TABLE {} DROP CONSTRAINT {}",
+            child.quoted(),
+            quote_ident(BOUND_CHECK)
         ),
     ];
-    let mut lock_relations = vec![parent.quoted()];
-    let mut prepare = None;
-    let exclusion = quote_ident(DEFAULT_EXCLUSION);
-    if let Some(default) = default {
-        let d = default.name.quoted();
-        if exclude {
-            prepare = Some(
-                Step::transaction(
-                    format!(
-                        "exclude {} .. {} from {}",
-                        period.start.to_rfc3339(),
-                        period.end.to_rfc3339(),
-                        default.name
-                    ),
-                    format!(
-                        "so that attaching {child} need not scan {} under its lock",
-                        default.name
-                    ),
-                    vec![
-                        Statement::Sql(format!(
-                            "ALTER TABLE {d} DROP CONSTRAINT IF EXISTS {exclusion}"
-                        )),
-                        // The negation of the new partition's constraint, as PostgreSQL writes
-                        // it, so that ATTACH can prove it from this CHECK.
-                        Statement::Sql(format!(
-                            "ALTER TABLE {d} ADD CONSTRAINT {exclusion} CHECK ({key} IS NULL OR {key} < {lo} OR {key} >= {hi}) NOT VALID"
-                        )),
-                    ],
-                )
-                .locking(vec![d.clone()]),
-            );
-        }
-        let cols = snap
-            .columns
-            .iter()
-            .map(|c| quote_ident(&c.name))
-            .collect::<Vec<_>>()
-            .join(", ");
-        statements.push(format!(
-            "WITH moved AS (DELETE FROM {d} WHERE {key} >= {lo} AND {key} < {hi} RETURNING {cols}) \
-             INSERT INTO {} ({cols}) SELECT {cols} FROM moved",
-            child.quoted()
-        ));
-        if exclude {
-            statements.push(format!("ALTER TABLE {d} VALIDATE CONSTRAINT {exclusion}"));
-        }
-        lock_relations.push(d);
-    }
-    statements.push(format!(
-        "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({lo}) TO ({hi})",
-        parent.quoted(),
-        child.quoted()
-    ));
-    statements.push(format!(
-        "ALTER TABLE {} DROP CONSTRAINT {check}",
-        child.quoted()
-    ));
-    if let (Some(default), true) = (default, exclude) {
-        statements.push(format!(
-            "ALTER TABLE {} DROP CONSTRAINT {exclusion}",
-            default.name.quoted()
-        ));
-    }
     let record = Record::Ledger(ledger::Entry {
         table: parent.clone(),
         partition: Some(child.clone()),
@@ -439,7 +332,7 @@ fn create_action(
         upper: Some(period.end),
         step: ledger::Step::Create,
     });
-    let action = Step::transaction(
+    Step::transaction(
         format!("create partition {child}"),
         format!(
             "{} .. {}: {reason}",
@@ -449,8 +342,34 @@ fn create_action(
         statements.into_iter().map(Statement::Sql).collect(),
     )
     .recording(record)
-    .locking(lock_relations);
-    (prepare, action)
+    .locking(vec![parent.quoted()])
+}
+
+/// What a new partition takes from its parent: defaults, CHECKs, generated columns (without
+/// them ATTACH fails with 42804), storage and comments. Indexes come with ATTACH.
+pub const LIKE_OPTIONS: &str = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS";
+
+/// `ALTER TABLE child ADD CONSTRAINT partwarden_bound_check CHECK (...)`: the CHECK that proves
+/// the partition's bound to ATTACH, so that ATTACH does not scan it.
+pub fn bound_check_sql(table: &TableConfig, child: &RelName, period: Period) -> String {
+    let key = table.partition_key.quoted();
+    let (lo, hi) = (sql_timestamp(period.start), sql_timestamp(period.end));
+    format!(
+        "ALTER TABLE {} ADD CONSTRAINT {} CHECK ({key} IS NOT NULL AND {key} >= {lo} AND {key} < {hi})",
+        child.quoted(),
+        quote_ident(BOUND_CHECK)
+    )
+}
+
+/// `ALTER TABLE parent ATTACH PARTITION child FOR VALUES FROM (lo) TO (hi)`.
+pub fn attach_sql(table: &TableConfig, child: &RelName, period: Period) -> String {
+    format!(
+        "ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ({}) TO ({})",
+        RelName::from(&table.name).quoted(),
+        child.quoted(),
+        sql_timestamp(period.start),
+        sql_timestamp(period.end)
+    )
 }
 
 /// How far ahead a table's partitions reach.

@@ -6,11 +6,11 @@ use crate::config::OnExpiry;
 use crate::ident::{Ident, QualifiedName};
 use crate::period::Interval;
 
-fn t(s: &str) -> DateTime<Utc> {
+pub(crate) fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn table(interval: Interval, premake: u32) -> TableConfig {
+pub(crate) fn table(interval: Interval, premake: u32) -> TableConfig {
     TableConfig {
         name: QualifiedName::parse("public.moh").unwrap(),
         partition_key: Ident::new("captured_at").unwrap(),
@@ -22,7 +22,7 @@ fn table(interval: Interval, premake: u32) -> TableConfig {
     }
 }
 
-fn snap(parts: &[(&str, &str, &str)]) -> TableSnapshot {
+pub(crate) fn snap(parts: &[(&str, &str, &str)]) -> TableSnapshot {
     TableSnapshot {
         exists: true,
         relkind: Some('p'),
@@ -32,11 +32,13 @@ fn snap(parts: &[(&str, &str, &str)]) -> TableSnapshot {
                 name: "id".into(),
                 data_type: "bigint".into(),
                 not_null: true,
+                generated: false,
             },
             Column {
                 name: "captured_at".into(),
                 data_type: "timestamp with time zone".into(),
                 not_null: true,
+                generated: false,
             },
         ],
         partitions: parts
@@ -59,7 +61,7 @@ fn snap(parts: &[(&str, &str, &str)]) -> TableSnapshot {
 }
 
 /// The DEFAULT partition `moh_default`.
-fn default_partition() -> Partition {
+pub(crate) fn default_partition() -> Partition {
     Partition {
         name: RelName {
             schema: "public".into(),
@@ -215,23 +217,37 @@ fn a_taken_name_gets_the_fallback() {
 }
 
 #[test]
-fn default_partition_rows_are_moved() {
+fn a_default_partition_gets_plain_partitions_and_plan_from_reaches_its_rows() {
     let mut s = snap(&[(
         "moh_2026_11",
         "2026-11-01T00:00:00Z",
         "2026-12-01T00:00:00Z",
     )]);
     s.partitions.push(default_partition());
-    let a = plan(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).unwrap();
+    let now = t("2026-11-25T20:00:00Z");
+    let a = plan(&table(Interval::Monthly, 1), &s, now).unwrap();
     assert_eq!(a.len(), 1);
-    assert!(
-        a[0].action.statements()[2]
-            .starts_with("WITH moved AS (DELETE FROM \"public\".\"moh_default\"")
-    );
+    // No row is moved and nothing is added to the DEFAULT partition (src/drain.rs drains it).
+    for st in a[0].action.statements() {
+        assert!(!st.contains("DELETE") && !st.contains("NOT VALID"), "{st}");
+    }
     assert_eq!(
-        runway(&table(Interval::Monthly, 1), &s, t("2026-11-25T20:00:00Z")).writes_fail_from,
+        runway(&table(Interval::Monthly, 1), &s, now).writes_fail_from,
         None
     );
+    // Rows from 2025: the window starts at their period, past the retention (6 months) too.
+    let from = plan_from(
+        &table(Interval::Monthly, 1),
+        &s,
+        now,
+        Some(t("2025-03-10T00:00:00Z")),
+    )
+    .unwrap();
+    assert_eq!(
+        from.first().unwrap().period.start,
+        t("2025-03-01T00:00:00Z")
+    );
+    assert_eq!(from.len(), 8 + 12 + 1, "2025-03 .. 2026-10 and 2026-12");
 }
 
 #[test]
@@ -408,24 +424,16 @@ proptest::proptest! {
             proptest::prop_assert!(cal.containing(c.period.start).end >= c.period.end);
         }
         let after = apply(&s, &creates);
-        // Left uncovered only: holes older than the retention, and, with a DEFAULT
-        // partition, the stretch near now that stays in it until it is past.
-        let deferred_until = s
-            .default_partition()
-            .map(|_| deferred(&s, Period { start: now, end: now + chrono::Duration::seconds(1) }, now).unwrap());
-        let left_on_purpose = |g: &Period| {
-            crate::expiry::is_expired(&tb, Some(g.end), now)
-                || deferred_until.is_some_and(|d| g.end <= d && g.end > now - DEFAULT_SPLIT_MARGIN)
-        };
+        // Left uncovered only: holes older than the retention.
+        let left_on_purpose = |g: &Period| crate::expiry::is_expired(&tb, Some(g.end), now);
         for g in gaps(&after, current.start, horizon) {
             proptest::prop_assert!(
                 left_on_purpose(&g),
                 "uncovered {:?} (now {}, horizon {})", g, now, horizon
             );
         }
-        // Every instant from now (or the end of the deferred stretch) to the horizon
-        // routes to exactly one partition.
-        let mut t = deferred_until.unwrap_or(now).max(now);
+        // Every instant from now to the horizon routes to exactly one partition.
+        let mut t = now;
         while t < horizon {
             let n = after.partitions.iter().filter(|p| !p.is_default && p.contains(t)).count();
             proptest::prop_assert_eq!(n, 1, "{} routes to {} partitions", t, n);

@@ -107,6 +107,9 @@ pub(crate) struct ArchiveWork {
 pub(crate) enum Statement {
     /// One SQL statement; the rows it reports count toward the step's.
     Sql(String),
+    /// Statements sent together as one simple query: one round trip, for a transaction that
+    /// holds locks the application waits for (the drain's swap).
+    Batch(Vec<String>),
     /// A script of several statements (a migration file), sent as one simple query.
     Script {
         /// Where it comes from, for errors: `schema/0001_odds_schema.sql`.
@@ -325,6 +328,7 @@ impl Statement {
     pub fn sql(&self) -> String {
         match self {
             Statement::Sql(s) => s.clone(),
+            Statement::Batch(v) => v.join(";\n"),
             Statement::Script { text, .. } => text.trim_end().trim_end_matches(';').to_string(),
             Statement::SameAsArchive(t) => format!("COPY {} TO STDOUT", t.quoted()),
             Statement::Count(t) => format!("SELECT count(*) FROM {}", t.quoted()),

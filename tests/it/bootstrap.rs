@@ -435,10 +435,9 @@ async fn moves_rows_out_of_a_default_partition() {
                 .get::<_, i64>(0)
         }
     };
-    // The current period is being written: only its part from now + 5 minutes (to the
-    // minute) is moved out of the DEFAULT partition now, without blocking anyone; the part
-    // before stays there until a later pass finds it in the past.
-    assert_eq!(count("market_odds_history_2026_11_from_25120500").await, 50);
+    // The DEFAULT partition is drained whole (src/drain.rs): the period being written is
+    // made like any other, with its rows copied in and swapped in at once.
+    assert_eq!(count("market_odds_history_2026_11").await, 50);
     assert_eq!(count("market_odds_history_2026_12").await, 1);
     assert_eq!(
         count("ONLY market_odds_history_default").await,

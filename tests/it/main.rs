@@ -17,4 +17,5 @@ mod pg;
 mod security;
 mod store;
 mod support;
+mod takeover;
 mod tls;

@@ -144,6 +144,7 @@ impl<'a> Executor<'a> {
                     let db = |e| Abort::Db(text.clone(), e);
                     match st {
                         Statement::Sql(sql) => rows += tx.execute(sql.as_str(), &[]).await.map_err(db)?,
+                        Statement::Batch(_) => tx.batch_execute(&text).await.map_err(db)?,
                         Statement::Script { name, text } => tx
                             .batch_execute(text)
                             .await
@@ -224,7 +225,8 @@ impl<'a> Executor<'a> {
         .await;
         match run {
             Ok((rows, attempts)) => {
-                tracing::info!(step = %step.label, attempts, rows, "committed");
+                let ms = (Utc::now() - started_at).num_milliseconds();
+                tracing::info!(step = %step.label, attempts, rows, ms, "committed");
                 Ok(Done {
                     rows,
                     ..Done::default()

@@ -40,6 +40,10 @@ pub static LAST_SUCCESS_UNIX: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 static RUNWAY: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// 1 when the table's DEFAULT partition holds rows, per table.
 static DEFAULT_HAS_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// Rows in the table's DEFAULT partition (the catalog's estimate), per table.
+static DEFAULT_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// Blocks of the DEFAULT partition a drain under way has still to copy (0: none), per table.
+static DRAIN_BLOCKS_LEFT: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// The configured premake, per table.
 static PREMAKE: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// When writes start failing for want of a partition (Unix time), per table.
@@ -63,6 +67,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "partwarden_default_partition_has_rows",
         "1 when the table's DEFAULT partition holds rows.",
         DEFAULT_HAS_ROWS.clone(),
+    );
+    r.register(
+        "partwarden_default_partition_rows",
+        "Rows in the table's DEFAULT partition (the catalog's estimate, refreshed by ANALYZE).",
+        DEFAULT_ROWS.clone(),
+    );
+    r.register(
+        "partwarden_default_drain_blocks_left",
+        "Blocks of the DEFAULT partition that the drain under way has still to copy before it swaps its partitions in (0: no drain).",
+        DRAIN_BLOCKS_LEFT.clone(),
     );
     r.register(
         "partwarden_premake_periods",
@@ -149,6 +163,15 @@ pub fn set_table(
     DEFAULT_HAS_ROWS
         .get_or_create(&labels)
         .set(i64::from(default_has_rows));
+}
+
+/// Records a table's DEFAULT partition rows (estimate) and the blocks its drain has left.
+pub fn set_default(table: &str, rows: i64, drain_blocks_left: i64) {
+    let labels: Labels = vec![("table", table.to_string())];
+    DEFAULT_ROWS.get_or_create(&labels).set(rows);
+    DRAIN_BLOCKS_LEFT
+        .get_or_create(&labels)
+        .set(drain_blocks_left);
 }
 
 /// Counts one pass with `result` (`ok`, `failed`, `skipped`).

@@ -170,5 +170,18 @@ pub(super) async fn update_gauges(client: &Client, config: &Config, report: &pas
             .and_then(|r| r.writes_fail_from)
             .map(|t| t.timestamp());
         metrics::set_table(&tr.table, table.premake, periods, fail_at, has_rows);
+        let (rows, left) = match &tr.default_partition {
+            None => (0, 0),
+            Some(d) => {
+                crate::drain::progress(client, &crate::catalog::RelName::from(&table.name), d)
+                    .await
+                    .map(|p| {
+                        let left = p.state.map_or(0, |s| (s.blocks - s.next_block).max(0));
+                        (p.rows_estimate, left)
+                    })
+                    .unwrap_or((0, 0))
+            }
+        };
+        metrics::set_default(&tr.table, rows, left);
     }
 }

@@ -105,7 +105,7 @@ pub(crate) async fn attached(c: &tokio_postgres::Client, partition: &str) -> boo
     .get(0)
 }
 
-fn spawn(config: &Path, env: &[(&str, &str)]) -> std::process::Child {
+pub(crate) fn spawn(config: &Path, env: &[(&str, &str)]) -> std::process::Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_partwarden"));
     cmd.args(["--config", path_str(config), "--run-once"])
         .stdout(Stdio::null())

@@ -19,6 +19,8 @@ pub(crate) const DOCUMENTED: &[&str] = &[
     "partwarden_premake_periods",
     "partwarden_writes_fail_at_timestamp_seconds",
     "partwarden_default_partition_has_rows",
+    "partwarden_default_partition_rows",
+    "partwarden_default_drain_blocks_left",
     "partwarden_schedule_period_seconds",
     "partwarden_expiry_failures_total",
     "partwarden_build_info",

@@ -524,3 +524,77 @@ async fn a_drain_that_gives_up_leaves_nothing_that_refuses_a_write() {
     );
     server.stop();
 }
+
+/// What identifies the table's content: rows, distinct ids, and two sums.
+async fn fingerprint(c: &tokio_postgres::Client) -> (i64, i64, i64, i64) {
+    let r = c
+        .query_one(
+            "SELECT count(*), count(DISTINCT id), coalesce(sum(id), 0)::bigint, coalesce(sum(event_id), 0)::bigint FROM odds_snapshots",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// Requirement 3: a drain spread over passes (`default_move_budget` 20,000 rows for 150,000
+/// rows) and killed with SIGKILL at 30 random instants of its passes: after every kill the
+/// table holds exactly its rows (none lost, none twice), and later passes finish the drain,
+/// leaving nothing of it behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_killed_at_random_instants_loses_and_duplicates_nothing() {
+    let (server, _db, config, c) = app_database(
+        "takeover_kill9",
+        150_000,
+        10,
+        "default_move_budget = 20000\n",
+    )
+    .await;
+    bootstrap_schema_only(&config);
+    let before = fingerprint(&c).await;
+    // How long a pass of this drain takes, to aim the kills inside passes.
+    let timed = Instant::now();
+    let (code, out, err) = run(&config, "--run-once");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("blocks copied"), "{out}");
+    let span = (timed.elapsed().as_millis() as u64).max(50);
+    let mut next = rng(0x5DEE_CE66_D1CE_4E5B);
+    let mut killed_mid_run = 0;
+    for i in 0..30 {
+        let mut child = crate::faults::spawn(&config, &[]);
+        std::thread::sleep(Duration::from_millis(next() % span));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_run += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(fingerprint(&c).await, before, "after kill {i}");
+    }
+    assert!(
+        killed_mid_run >= 10,
+        "only {killed_mid_run} kills landed mid-pass"
+    );
+    let mut drained = false;
+    for _ in 0..20 {
+        let (code, out, err) = run(&config, "--run-once");
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(fingerprint(&c).await, before);
+        if count(&c, "SELECT count(*) FROM partwarden.default_drains").await == 0
+            && count(&c, "SELECT count(*) FROM ONLY odds_snapshots_default").await == 0
+        {
+            drained = true;
+            break;
+        }
+    }
+    assert!(drained, "the drain did not finish");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'partwarden' AND c.relname LIKE 'drain%'"
+        )
+        .await,
+        0
+    );
+    server.stop();
+}

@@ -44,7 +44,7 @@ async fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![3200, 6400, 12800]);
-    ensure_partman();
+    pg::ensure_partman();
     let bin = env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/partwarden";
     assert!(
         Path::new(&bin).exists(),
@@ -234,26 +234,4 @@ async fn count_partitions(c: &tokio_postgres::Client) -> i64 {
     .await
     .unwrap()
     .get(0)
-}
-
-/// Installs Debian's pg_partman for PostgreSQL 15 when its control file is missing.
-fn ensure_partman() {
-    let control = "/usr/share/postgresql/15/extension/pg_partman.control";
-    if Path::new(control).exists() {
-        return;
-    }
-    eprintln!("installing postgresql-15-partman (apt-get)");
-    let ok = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "apt-get install -y -q postgresql-15-partman >/dev/null || \
-             (apt-get update -q >/dev/null && apt-get install -y -q postgresql-15-partman >/dev/null)",
-        ])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(
-        ok && Path::new(control).exists(),
-        "could not install postgresql-15-partman (run as root, or install it by hand)"
-    );
 }

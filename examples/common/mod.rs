@@ -51,3 +51,25 @@ pub async fn run_pass(
     let never = std::sync::atomic::AtomicBool::new(false);
     partwarden::pass::run(client, config, opts, &never, &mut std::io::sink()).await
 }
+
+/// Installs Debian's `postgresql-15-partman` when the extension is missing (as root).
+pub fn ensure_partman() {
+    let control = "/usr/share/postgresql/15/extension/pg_partman.control";
+    if std::path::Path::new(control).exists() {
+        return;
+    }
+    eprintln!("installing postgresql-15-partman (apt-get)");
+    let ok = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "apt-get install -y -q postgresql-15-partman >/dev/null || \
+             (apt-get update -q >/dev/null && apt-get install -y -q postgresql-15-partman >/dev/null)",
+        ])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok && std::path::Path::new(control).exists(),
+        "could not install postgresql-15-partman (run as root, or install it by hand)"
+    );
+}

@@ -236,6 +236,7 @@ pub(super) async fn default_partition(
         details["drain"] = json!({
             "blocks": s.blocks,
             "blocks_copied": s.next_block,
+            "periods_pending": progress.periods,
             "started_at": s.started_at.to_rfc3339(),
             "passes_left": progress.passes_left(budget),
         });
@@ -259,9 +260,10 @@ pub(super) async fn default_partition(
             Some(&t),
             Status::Warning,
             format!(
-                "DEFAULT partition {} (about {} rows) is being drained into period partitions: {} of {} blocks copied since {}, about {} more passes",
+                "DEFAULT partition {} (about {} rows) is being drained into {} period partitions: {} of {} blocks copied since {}, about {} more passes",
                 d.name,
                 progress.rows_estimate,
+                progress.periods,
                 s.next_block,
                 s.blocks,
                 s.started_at.to_rfc3339(),

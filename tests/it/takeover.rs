@@ -15,29 +15,7 @@ use crate::support::{Server, TestDb, partwarden, path_str, private_server};
 /// by `captured_at` with a DEFAULT partition and no other, foreign keys to three tables, the
 /// application's indexes (BRIN on the key included). `confirmations` is the test's own column:
 /// each confirming UPDATE adds one, so that a lost update shows in the sum.
-const APP_SCHEMA: &str = "
-CREATE TABLE events (id int PRIMARY KEY);
-INSERT INTO events SELECT generate_series(0, 999);
-CREATE TABLE bookmakers (id int PRIMARY KEY);
-INSERT INTO bookmakers SELECT generate_series(0, 9);
-CREATE TABLE scrape_runs (id int PRIMARY KEY);
-INSERT INTO scrape_runs SELECT generate_series(0, 999);
-CREATE TABLE odds_snapshots (
-    id bigserial,
-    event_id int NOT NULL REFERENCES events(id),
-    bookmaker_id int NOT NULL REFERENCES bookmakers(id),
-    captured_at timestamptz NOT NULL DEFAULT now(),
-    scrape_run_id int REFERENCES scrape_runs(id),
-    last_confirmed_at timestamp,
-    confirmations int NOT NULL DEFAULT 0,
-    PRIMARY KEY (id, captured_at)
-) PARTITION BY RANGE (captured_at);
-CREATE INDEX ix_odds_snapshots_event_id ON odds_snapshots (event_id);
-CREATE INDEX ix_odds_snapshots_bookmaker_id ON odds_snapshots (bookmaker_id);
-CREATE INDEX idx_snapshots_event_time ON odds_snapshots (event_id, captured_at DESC);
-CREATE INDEX idx_snapshots_captured_brin ON odds_snapshots USING brin (captured_at);
-CREATE TABLE odds_snapshots_default PARTITION OF odds_snapshots DEFAULT;
-";
+const APP_SCHEMA: &str = include_str!("../fixtures/app_odds_snapshots.sql");
 
 /// `[[tables]]` for `odds_snapshots` as the application keeps it: daily, 14 days.
 const TABLE: &str = "[[tables]]\nname = \"public.odds_snapshots\"\npartition_key = \"captured_at\"\n\
@@ -558,6 +536,26 @@ async fn a_drain_killed_at_random_instants_loses_and_duplicates_nothing() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("blocks copied"), "{out}");
     let span = (timed.elapsed().as_millis() as u64).max(50);
+    // --check shows the drain under way and how far it is.
+    let (_, report) = crate::support::check_json(&config);
+    let d = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "default_partition")
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(d["status"], "warning", "{d:#}");
+    let drain = &d["details"]["drain"];
+    assert!(
+        drain["blocks_copied"].as_i64().unwrap() < drain["blocks"].as_i64().unwrap(),
+        "{d:#}"
+    );
+    assert!(drain["periods_pending"].as_i64().unwrap() >= 10, "{d:#}");
+    assert!(drain["passes_left"].as_i64().unwrap() >= 2, "{d:#}");
+    assert!(
+        d["message"].as_str().unwrap().contains("being drained"),
+        "{d:#}"
+    );
     let mut next = rng(0x5DEE_CE66_D1CE_4E5B);
     let mut killed_mid_run = 0;
     for i in 0..30 {

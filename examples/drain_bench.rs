@@ -173,11 +173,7 @@ impl Outcome {
 type Seen = (Vec<Duration>, u64, i64, i64);
 
 /// The 4 writers until `stop`.
-fn writers(
-    url: &str,
-    max_id: i64,
-    stop: Arc<AtomicBool>,
-) -> Vec<tokio::task::JoinHandle<Seen>> {
+fn writers(url: &str, max_id: i64, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Seen>> {
     (0..4u64)
         .map(|w| {
             let url = url.to_string();

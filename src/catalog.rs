@@ -88,6 +88,8 @@ pub struct Column {
     pub not_null: bool,
     /// `attgenerated <> ''`: a generated column, which an INSERT must not name.
     pub generated: bool,
+    /// `attstattarget` when set (`ALTER COLUMN .. SET STATISTICS`): `LIKE` does not copy it.
+    pub statistics: Option<i32>,
 }
 
 /// One index of a table.
@@ -328,7 +330,8 @@ async fn columns_of(
 ) -> Result<Vec<(u32, Column)>, tokio_postgres::Error> {
     Ok(client
         .query(
-            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull, attgenerated <> '' \
+            "SELECT attrelid, attname::text, format_type(atttypid, atttypmod), attnotnull, attgenerated <> '', \
+                    CASE WHEN attstattarget >= 0 THEN attstattarget::int4 END \
              FROM pg_attribute WHERE attrelid = ANY($1::oid[]) AND attnum > 0 AND NOT attisdropped \
              ORDER BY attrelid, attnum",
             &[&oids],
@@ -343,6 +346,7 @@ async fn columns_of(
                     data_type: r.get(2),
                     not_null: r.get(3),
                     generated: r.get(4),
+                    statistics: r.get(5),
                 },
             )
         })

@@ -585,6 +585,7 @@ fn setup_step(
             parent.quoted(),
             premake::LIKE_OPTIONS
         ));
+        st.extend(premake::column_settings_sql(snap, &c.partition));
         st.push(premake::bound_check_sql(table, &c.partition, c.period));
         st.push(format!(
             "ALTER TABLE {staging} ATTACH PARTITION {piece} FOR VALUES FROM ({}) TO ({})",

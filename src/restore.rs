@@ -155,9 +155,11 @@ pub async fn run(
     };
     let snap = catalog::snapshot(&client, &parent).await?;
     let columns_match = {
+        // Generated columns are not in archives: the restored table recomputes them.
         let mut a: Vec<(String, String)> = snap
             .columns
             .iter()
+            .filter(|c| !c.generated)
             .map(|c| (c.name.clone(), c.data_type.clone()))
             .collect();
         let mut b: Vec<(String, String)> = m
@@ -249,9 +251,10 @@ pub async fn run(
     }
     let create = if attached || (snap.exists && columns_match) {
         format!(
-            "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING STORAGE)",
+            "CREATE TABLE {} (LIKE {} {})",
             restored_as.quoted(),
-            parent.quoted()
+            parent.quoted(),
+            crate::premake::LIKE_OPTIONS
         )
     } else {
         create_from_manifest(&client, &restored_as, &m).await?

@@ -121,6 +121,7 @@ impl ExpectedTable {
                     data_type: t.to_string(),
                     not_null: *nn,
                     generated: false,
+                    statistics: None,
                 })
                 .collect(),
             ..TableSnapshot::default()

@@ -49,9 +49,13 @@ pub async fn write(
 ) -> Result<Manifest, ArchiveError> {
     create_private_dir(&paths.dir)?;
     paths.remove_stale_temps()?;
-    let columns = catalog::columns(&*client, src.partition)
+    // Generated columns are not archived: COPY leaves them out, and a restore recomputes them.
+    let columns: Vec<catalog::Column> = catalog::columns(&*client, src.partition)
         .await
-        .map_err(db("reading the partition's columns"))?;
+        .map_err(db("reading the partition's columns"))?
+        .into_iter()
+        .filter(|c| !c.generated)
+        .collect();
     if columns.is_empty() {
         return Err(ArchiveError::Mismatch {
             path: paths.data.clone(),

@@ -167,7 +167,7 @@ pub fn plan_from(
                     table.premake
                 )
             };
-            let action = create_action(table, piece, &name, reason);
+            let action = create_action(table, snap, piece, &name, reason);
             planned_names.push(name.clone());
             actions.push(Create {
                 partition: RelName {
@@ -305,18 +305,25 @@ pub fn name_fits(
 /// partition, ATTACH also scans it under ACCESS EXCLUSIVE for rows of the range: the pass calls
 /// this only when the DEFAULT partition holds no row before the premake horizon
 /// ([`crate::drain`] moves them otherwise), so that scan finds nothing and is short.
-fn create_action(table: &TableConfig, period: Period, name: &str, reason: String) -> Step {
+fn create_action(
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    period: Period,
+    name: &str,
+    reason: String,
+) -> Step {
     let parent = RelName::from(&table.name);
     let child = RelName {
         schema: parent.schema.clone(),
         name: name.to_string(),
     };
-    let statements = vec![
-        format!(
-            "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS})",
-            child.quoted(),
-            parent.quoted()
-        ),
+    let mut statements = vec![format!(
+        "CREATE TABLE {} (LIKE {} {LIKE_OPTIONS})",
+        child.quoted(),
+        parent.quoted()
+    )];
+    statements.extend(column_settings_sql(snap, &child));
+    statements.extend([
         bound_check_sql(table, &child, period),
         attach_sql(table, &child, period),
         format!(
@@ -324,7 +331,7 @@ fn create_action(table: &TableConfig, period: Period, name: &str, reason: String
             child.quoted(),
             quote_ident(BOUND_CHECK)
         ),
-    ];
+    ]);
     let record = Record::Ledger(ledger::Entry {
         table: parent.clone(),
         partition: Some(child.clone()),
@@ -346,8 +353,27 @@ fn create_action(table: &TableConfig, period: Period, name: &str, reason: String
 }
 
 /// What a new partition takes from its parent: defaults, CHECKs, generated columns (without
-/// them ATTACH fails with 42804), storage and comments. Indexes come with ATTACH.
-pub const LIKE_OPTIONS: &str = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMMENTS";
+/// them ATTACH fails with 42804), storage, compression and comments. Indexes come with ATTACH;
+/// identity stays the parent's (inserts through it take its sequence); statistics targets
+/// are set after (`LIKE` does not copy them).
+pub const LIKE_OPTIONS: &str = "INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS";
+
+/// What `LIKE` leaves behind and a partition should have as its parent does: per-column
+/// statistics targets (typed values from the catalog, never its text).
+pub fn column_settings_sql(snap: &TableSnapshot, child: &RelName) -> Vec<String> {
+    snap.columns
+        .iter()
+        .filter_map(|c| {
+            c.statistics.map(|n| {
+                format!(
+                    "ALTER TABLE {} ALTER COLUMN {} SET STATISTICS {n}",
+                    child.quoted(),
+                    quote_ident(&c.name)
+                )
+            })
+        })
+        .collect()
+}
 
 /// `ALTER TABLE child ADD CONSTRAINT partwarden_bound_check CHECK (...)`: the CHECK that proves
 /// the partition's bound to ATTACH, so that ATTACH does not scan it.

@@ -33,12 +33,14 @@ pub(crate) fn snap(parts: &[(&str, &str, &str)]) -> TableSnapshot {
                 data_type: "bigint".into(),
                 not_null: true,
                 generated: false,
+                statistics: None,
             },
             Column {
                 name: "captured_at".into(),
                 data_type: "timestamp with time zone".into(),
                 not_null: true,
                 generated: false,
+                statistics: None,
             },
         ],
         partitions: parts

@@ -1,6 +1,7 @@
 //! Integration tests against a real PostgreSQL (see `support.rs`). One binary, one module per
 //! concern; every test gets a database of its own named after it.
 
+mod any_table;
 mod bootstrap;
 mod catalog_truth;
 mod check;

@@ -47,6 +47,9 @@ async fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+    // `--only partwarden` (or `limit`, `partman`): one method alone.
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let runs = |m: &str| only.as_deref().is_none_or(|o| o == m);
     pg::ensure_partman();
     let bin = env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/partwarden";
     assert!(
@@ -62,22 +65,39 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for &rows in &sizes {
-        let limit = copy_limit(&server, rows).await;
-        println!(
-            "| {rows} | copy limit (INSERT .. SELECT, no writers) | {:.1} s | {:.0} | | | | |",
-            limit.as_secs_f64(),
-            rows as f64 / limit.as_secs_f64()
-        );
-        let pw = partwarden_drain(&server, &bin, rows).await;
-        pw.print(rows, "partwarden (copy, catch-up, swap)");
-        let pm = partman_drain(&server, rows).await;
-        pm.print(rows, "pg_partman partition_data_proc");
+        let limit = if runs("limit") {
+            let limit = copy_limit(&server, rows).await;
+            println!(
+                "| {rows} | copy limit (INSERT .. SELECT, no writers) | {:.1} s | {:.0} | | | | |",
+                limit.as_secs_f64(),
+                rows as f64 / limit.as_secs_f64()
+            );
+            Some(limit)
+        } else {
+            None
+        };
+        let pw = if runs("partwarden") {
+            let pw = partwarden_drain(&server, &bin, rows).await;
+            pw.print(rows, "partwarden (copy, catch-up, swap)");
+            Some(pw)
+        } else {
+            None
+        };
+        let pm = if runs("partman") {
+            let pm = partman_drain(&server, rows).await;
+            pm.print(rows, "pg_partman partition_data_proc");
+            Some(pm)
+        } else {
+            None
+        };
         let rate = |o: &Outcome| o.moved.unwrap_or(rows) as f64 / o.time.as_secs_f64();
-        println!(
-            "| {rows} | rates: partwarden / copy limit {:.2}x, partwarden / pg_partman {:.2}x | | | | | | |",
-            rate(&pw) / (rows as f64 / limit.as_secs_f64()),
-            rate(&pw) / rate(&pm)
-        );
+        if let (Some(limit), Some(pw), Some(pm)) = (limit, &pw, &pm) {
+            println!(
+                "| {rows} | rates: partwarden / copy limit {:.2}x, partwarden / pg_partman {:.2}x | | | | | | |",
+                rate(pw) / (rows as f64 / limit.as_secs_f64()),
+                rate(pw) / rate(pm)
+            );
+        }
     }
     println!(
         "\ntargets (issue 23): 0 failed, 0 lost; max wait <= lock_timeout (200 ms) + 50 ms; rate >= pg_partman and >= 0.5x the copy limit"
@@ -290,9 +310,19 @@ async fn partwarden_drain(server: &pg::Server, bin: &str, rows: i64) -> Outcome 
         tokio::task::spawn_blocking(move || {
             let out = std::process::Command::new(b)
                 .args(["--config", cfg.to_str().unwrap(), "--run-once"])
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", "info")
                 .output()
                 .unwrap();
+            // The passes' step log (durations of every step), for `DRAIN_BENCH_LOG=path`.
+            if let Ok(path) = std::env::var("DRAIN_BENCH_LOG") {
+                use std::io::Write as _;
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                f.write_all(&out.stderr).unwrap();
+            }
             assert!(
                 out.status.success(),
                 "{}{}",

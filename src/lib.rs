@@ -71,6 +71,8 @@ pub(crate) mod shape;
 pub(crate) mod step;
 #[cfg(feature = "daemon")]
 pub(crate) mod tls;
+#[cfg(feature = "daemon")]
+pub(crate) mod unmanaged;
 
 #[cfg(feature = "daemon")]
 pub use step::StepError;

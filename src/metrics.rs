@@ -44,6 +44,11 @@ static DEFAULT_HAS_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family:
 static DEFAULT_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// Blocks of the DEFAULT partition a drain under way has still to copy (0: none), per table.
 static DRAIN_BLOCKS_LEFT: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// When writes start failing for want of a partition (Unix time), per table no `[[tables]]`
+/// block manages.
+static UNMANAGED_WRITES_FAIL_AT: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
+/// 1 when the DEFAULT partition of a table no `[[tables]]` block manages holds rows.
+static UNMANAGED_DEFAULT_HAS_ROWS: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// The configured premake, per table.
 static PREMAKE: LazyLock<Family<Labels, Gauge>> = LazyLock::new(Family::default);
 /// When writes start failing for want of a partition (Unix time), per table.
@@ -77,6 +82,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         "partwarden_default_drain_blocks_left",
         "Blocks of the DEFAULT partition that the drain under way has still to copy before it swaps its partitions in (0: no drain).",
         DRAIN_BLOCKS_LEFT.clone(),
+    );
+    r.register(
+        "partwarden_unmanaged_writes_fail_at_timestamp_seconds",
+        "For a partitioned table partwarden does not manage: Unix time from which its writes fail for want of a partition; absent when a DEFAULT partition or MAXVALUE catches everything.",
+        UNMANAGED_WRITES_FAIL_AT.clone(),
+    );
+    r.register(
+        "partwarden_unmanaged_default_partition_has_rows",
+        "For a partitioned table partwarden does not manage: 1 when its DEFAULT partition holds rows.",
+        UNMANAGED_DEFAULT_HAS_ROWS.clone(),
     );
     r.register(
         "partwarden_premake_periods",
@@ -172,6 +187,23 @@ pub fn set_default(table: &str, rows: i64, drain_blocks_left: i64) {
     DRAIN_BLOCKS_LEFT
         .get_or_create(&labels)
         .set(drain_blocks_left);
+}
+
+/// Replaces the gauges of the tables partwarden does not manage with `found`'s.
+pub fn set_unmanaged(found: &[crate::unmanaged::Unmanaged]) {
+    UNMANAGED_WRITES_FAIL_AT.clear();
+    UNMANAGED_DEFAULT_HAS_ROWS.clear();
+    for u in found.iter().filter(|u| u.key.is_some()) {
+        let labels: Labels = vec![("table", u.table.to_string())];
+        if let Some(w) = u.writes_fail_from {
+            UNMANAGED_WRITES_FAIL_AT
+                .get_or_create(&labels)
+                .set(w.timestamp());
+        }
+        UNMANAGED_DEFAULT_HAS_ROWS
+            .get_or_create(&labels)
+            .set(i64::from(u.default_has_rows));
+    }
 }
 
 /// Counts one pass with `result` (`ok`, `failed`, `skipped`).

@@ -36,12 +36,14 @@ use crate::shape;
 
 mod expiry_checks;
 mod partitions;
+mod planner;
 pub mod report;
 mod routing;
 
 pub use expiry_checks::schedule_period;
 use expiry_checks::{expiry_check, maintenance};
 use partitions::{coverage, default_partition, index_check, runway};
+use planner::planner;
 use report::check;
 pub use report::{Check, Report, Status, colour};
 use routing::routing;
@@ -78,7 +80,73 @@ pub async fn run(config: &Config, now: Option<DateTime<Utc>>) -> Report {
         };
         checks.extend(table_checks(&client, config, table, read, now).await);
     }
+    checks.extend(unmanaged_checks(&client, config, now).await);
     Report::new(checks)
+}
+
+/// One `unmanaged` check per partitioned table no `[[tables]]` block manages: a warning with
+/// its runway, holes and DEFAULT rows and the block that would manage it (ok for a table not
+/// partitioned by a time range, which partwarden could not manage anyway).
+async fn unmanaged_checks(client: &Client, config: &Config, now: DateTime<Utc>) -> Vec<Check> {
+    let found = match crate::unmanaged::survey(client, config, now).await {
+        Ok(f) => f,
+        Err(e) => {
+            return vec![check(
+                "unmanaged",
+                None,
+                Status::Unknown,
+                format!("listing the partitioned tables: {}", error_text(&e)),
+                json!({}),
+            )];
+        }
+    };
+    found
+        .into_iter()
+        .map(|u| {
+            let t = u.table.to_string();
+            let details = json!({
+                "partitions": u.partitions,
+                "key": u.key,
+                "writes_fail_from": u.writes_fail_from.map(|w| w.to_rfc3339()),
+                "holes": u.holes.iter().map(|(a, b)| format!("{} .. {}", a.to_rfc3339(), b.to_rfc3339())).collect::<Vec<_>>(),
+                "default_partition": u.default_partition.as_ref().map(|d| d.to_string()),
+                "default_has_rows": u.default_has_rows,
+                "snippet": u.snippet(),
+            });
+            let Some(snippet) = u.snippet() else {
+                return check(
+                    "unmanaged",
+                    Some(&t),
+                    Status::Ok,
+                    format!("not managed by partwarden ({} partitions, not range-partitioned by a time column)", u.partitions),
+                    details,
+                );
+            };
+            let mut facts = vec![match (u.writes_fail_from, &u.default_partition) {
+                (Some(w), _) if w <= now => "writes of the current instant fail now (no partition)".to_string(),
+                (Some(w), _) => format!("writes fail from {}", w.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                (None, Some(d)) => format!("instants without a partition go to its DEFAULT partition {d}"),
+                (None, None) => "a partition reaches MAXVALUE".to_string(),
+            }];
+            if !u.holes.is_empty() {
+                facts.push(format!("{} holes between partitions", u.holes.len()));
+            }
+            if u.default_has_rows {
+                facts.push("its DEFAULT partition holds rows".to_string());
+            }
+            check(
+                "unmanaged",
+                Some(&t),
+                Status::Warning,
+                format!(
+                    "not managed by partwarden: {}; to manage it, add to the configuration: {}",
+                    facts.join("; "),
+                    snippet.replace('\n', " ").trim_end()
+                ),
+                details,
+            )
+        })
+        .collect()
 }
 
 /// The host's clock against the server's: past `database.max_clock_skew` every pass refuses
@@ -296,6 +364,7 @@ async fn table_checks(
     let mut out = vec![runway(table, snap, now), coverage(table, snap, now)];
     out.push(routing(client, config, table, snap, now).await);
     out.push(default_partition(client, config, table, snap).await);
+    out.push(planner(client, config, table, snap, now).await);
     out.push(index_check(table, &rel, isnap));
     out.push(expiry_check(client, config, table, snap, now).await);
     out.push(maintenance(client, config, table, now).await);

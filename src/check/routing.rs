@@ -83,6 +83,44 @@ async fn probe_routing(
             json!({"skipped": true}),
         ));
     }
+    // Probe rows copy a real row of the table with the key changed, when one is at hand: its
+    // foreign keys, CHECKs and NOT NULLs hold, so the probe fails only if routing does. The
+    // row comes from the partition holding now, the one before it, or the DEFAULT partition.
+    if let Some(sample) = sample_partition(client, snap, now).await? {
+        let cols: Vec<&str> = snap
+            .columns
+            .iter()
+            .filter(|c| !c.generated)
+            .map(|c| c.name.as_str())
+            .collect();
+        let key_type = snap
+            .columns
+            .iter()
+            .find(|c| c.name == table.partition_key.as_str())
+            .map(|c| c.data_type.clone())
+            .unwrap_or_default();
+        let select: Vec<String> = cols
+            .iter()
+            .map(|c| {
+                if *c == table.partition_key.as_str() {
+                    format!("$1::text::{key_type}")
+                } else {
+                    crate::ident::quote_ident(c)
+                }
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM ONLY {} LIMIT 1 RETURNING tableoid::regclass::text",
+            rel.quoted(),
+            cols.iter()
+                .map(|c| crate::ident::quote_ident(c))
+                .collect::<Vec<_>>()
+                .join(", "),
+            select.join(", "),
+            sample.quoted()
+        );
+        return run_probes(client, config, table, snap, now, &sql, &[], Some(&sample)).await;
+    }
     // A value for every NOT NULL column without a default, by type category.
     let cols = client
         .query(
@@ -135,6 +173,76 @@ async fn probe_routing(
         names.join(", "),
         values.join(", ")
     );
+    run_probes(client, config, table, snap, now, &sql, &params, None).await
+}
+
+/// A partition with a row to copy into probes: the one holding `now`, the one before it, or
+/// the DEFAULT partition, whichever has a row first. One statement.
+async fn sample_partition(
+    client: &Client,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+) -> Result<Option<RelName>, tokio_postgres::Error> {
+    let mut candidates: Vec<&RelName> = {
+        let mut before: Vec<_> = snap
+            .partitions
+            .iter()
+            .filter(|p| !p.is_default && !p.detach_pending && p.lower.is_none_or(|l| l <= now))
+            .collect();
+        before.sort_by_key(|p| std::cmp::Reverse(p.lower));
+        before.into_iter().take(2).map(|p| &p.name).collect()
+    };
+    if let Some(d) = snap.default_partition() {
+        candidates.push(&d.name);
+    }
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT ARRAY[{}]",
+        candidates
+            .iter()
+            .map(|p| format!("EXISTS (SELECT 1 FROM ONLY {})", p.quoted()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let has: Vec<bool> = client.query_one(&sql, &[]).await?.get(0);
+    Ok(candidates
+        .into_iter()
+        .zip(has)
+        .find(|(_, h)| *h)
+        .map(|(p, _)| p.clone()))
+}
+
+/// Whether `e` is PostgreSQL's routing failure: no partition takes the row (raised on the
+/// parent), the one error besides a wrong landing that says routing went wrong.
+fn no_partition(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        d.code() == &SqlState::CHECK_VIOLATION
+            && d.message().starts_with("no partition of relation")
+    })
+}
+
+/// The relation an error was raised by (schema, table), when the server says.
+fn raised_by(e: &tokio_postgres::Error) -> Option<(String, String)> {
+    let d = e.as_db_error()?;
+    Some((d.schema()?.to_string(), d.table()?.to_string()))
+}
+
+/// Sends the probes of `sql` (the key as `$1`, then `params`) in one rolled-back transaction and
+/// judges where each landed. `sample` is the partition real probe rows are copied from.
+#[allow(clippy::too_many_arguments)]
+async fn run_probes(
+    client: &Client,
+    config: &Config,
+    table: &TableConfig,
+    snap: &TableSnapshot,
+    now: DateTime<Utc>,
+    sql: &str,
+    params: &[String],
+    sample: Option<&RelName>,
+) -> Result<Check, tokio_postgres::Error> {
+    let t = table.name.to_string();
     let current_start = table.calendar().containing(now).start;
     let mut probes: Vec<(DateTime<Utc>, Option<&RelName>)> = Vec::new();
     for p in snap
@@ -193,7 +301,7 @@ async fn probe_routing(
         client
             .execute("SELECT set_config('lock_timeout', $1, true)", &[&lock_timeout])
             .await?;
-        let stmt = client.prepare(&sql).await?;
+        let stmt = client.prepare(sql).await?;
         let savepoint = client.prepare("SAVEPOINT probe").await?;
         let rollback = client.prepare("ROLLBACK TO SAVEPOINT probe").await?;
         // Every probe's SAVEPOINT, INSERT and ROLLBACK TO SAVEPOINT sent at once, in order
@@ -252,6 +360,18 @@ async fn probe_routing(
                 (Err(e), _) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) || e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
                     return Err(e);
                 }
+                // An error raised by the partition the bounds promise: the row got there, so
+                // routing is right (a foreign key, CHECK, NOT NULL, unique index or trigger of
+                // that partition refused the probe's values), unless the refusal is a CHECK
+                // partwarden itself left, which refuses the application's writes too.
+                (Err(e), Some(exp))
+                    if !no_partition(&e)
+                        && raised_by(&e).is_none_or(|(s, n)| s == exp.schema && n == exp.name)
+                        && !e.as_db_error().and_then(|d| d.constraint()).is_some_and(|c| c.starts_with("partwarden_"))
+                        && !snap.partitions.iter().any(|p| &p.name == *exp && p.detach_pending) =>
+                {
+                    results.push(json!({"at": at_s, "expected": exp.to_string(), "landed": exp.to_string(), "refused_there": error_text(&e)}));
+                }
                 (Err(e), exp) => {
                     results.push(json!({"at": at_s, "expected": exp.map(|e| e.to_string()), "error": error_text(&e)}));
                     let pending = exp.is_some_and(|x| snap.partitions.iter().any(|p| &p.name == x && p.detach_pending));
@@ -270,7 +390,7 @@ async fn probe_routing(
     let rolled_back = client.batch_execute("ROLLBACK").await;
     outcome?;
     rolled_back?;
-    let details = json!({"probes": results});
+    let details = json!({"probes": results, "copied_from": sample.map(|p| p.to_string())});
     Ok(if wrong.is_empty() {
         let end = match (past_end, default) {
             (Some(x), None) => format!(

@@ -145,6 +145,17 @@ pub struct MaintenanceConfig {
     /// estimate from the partition's rows per block), so that draining a large DEFAULT
     /// partition is spread over passes instead of making one pass last hours.
     pub default_move_budget: u64,
+    /// statement_timeout of the `ANALYZE` a pass runs on a parent whose partitions changed
+    /// (zero: no ANALYZE).
+    pub analyze_budget: Duration,
+    /// `--check` warns when a partitioned parent's statistics are older than this (or missing).
+    pub parent_stats_max_age: Duration,
+    /// `--check` warns when planning a query of the current period takes longer than this.
+    pub planning_budget: Duration,
+    /// `--check` and the metrics watch the partitioned tables no `[[tables]]` block manages.
+    pub watch_unmanaged: bool,
+    /// Partitioned tables (`schema.name`) left out of that watch.
+    pub ignore_tables: Vec<String>,
     /// Shell command run for each verified archive file and its manifest (`%p` path, `%f` file
     /// name, `%%` a percent sign); a table is dropped only after it exits 0 for both.
     pub archive_command: Option<String>,

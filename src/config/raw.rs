@@ -74,6 +74,11 @@ struct RawMaintenance {
     archive_dir: String,
     max_expired_per_pass: i64,
     default_move_budget: i64,
+    analyze_budget: String,
+    parent_stats_max_age: String,
+    planning_budget: String,
+    watch_unmanaged: bool,
+    ignore_tables: Vec<String>,
     archive_command: String,
     archive_command_timeout: String,
     archive_timeout: String,
@@ -91,6 +96,11 @@ impl Default for RawMaintenance {
             archive_dir: "/var/lib/partwarden/archive".into(),
             max_expired_per_pass: 3,
             default_move_budget: 2_000_000,
+            analyze_budget: "2m".into(),
+            parent_stats_max_age: "7d".into(),
+            planning_budget: "50ms".into(),
+            watch_unmanaged: true,
+            ignore_tables: Vec::new(),
             archive_command: String::new(),
             archive_command_timeout: "10m".into(),
             archive_timeout: "none".into(),
@@ -291,6 +301,22 @@ impl RawMaintenance {
                 self.default_move_budget
             ));
         }
+        let analyze_budget = match self.analyze_budget.trim() {
+            "off" | "0" => Duration::ZERO,
+            v => duration("maintenance.analyze_budget", v)?,
+        };
+        let parent_stats_max_age = duration(
+            "maintenance.parent_stats_max_age",
+            &self.parent_stats_max_age,
+        )?;
+        let planning_budget = duration("maintenance.planning_budget", &self.planning_budget)?;
+        for t in &self.ignore_tables {
+            if t.split('.').count() != 2 || t.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "key `maintenance.ignore_tables`: expected schema-qualified names such as \"public.audit_log\", got {t:?}"
+                ));
+            }
+        }
         let archive_command = match self.archive_command.trim() {
             "" => None,
             c if !c.contains("%p") && !c.contains("%f") => {
@@ -341,6 +367,11 @@ impl RawMaintenance {
             archive_format,
             max_expired_per_pass: self.max_expired_per_pass as usize,
             default_move_budget: self.default_move_budget as u64,
+            analyze_budget,
+            parent_stats_max_age,
+            planning_budget,
+            watch_unmanaged: self.watch_unmanaged,
+            ignore_tables: self.ignore_tables,
             archive_command,
             archive_command_timeout,
             archive_timeout,

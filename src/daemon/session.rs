@@ -184,4 +184,7 @@ pub(super) async fn update_gauges(client: &Client, config: &Config, report: &pas
         };
         metrics::set_default(&tr.table, rows, left);
     }
+    if let Ok(found) = crate::unmanaged::survey(client, config, chrono::Utc::now()).await {
+        metrics::set_unmanaged(&found);
+    }
 }

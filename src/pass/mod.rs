@@ -255,6 +255,9 @@ pub async fn run(
             }
         }
     }
+    // Phase 4: statistics of the parents whose partitions changed (autovacuum never analyzes
+    // a partitioned parent), each within maintenance.analyze_budget.
+    analyze_parents(client, &mut ctx, &mut report.tables).await;
     if !opts.dry_run {
         refresh(&*client, &rels, &mut snaps, &mut report.tables).await;
         for (i, table) in config.tables.iter().enumerate() {
@@ -384,6 +387,75 @@ pub async fn premake_table(
         }
     }
     true
+}
+
+/// `ANALYZE` of every parent whose partitions a step of this pass created, attached, detached
+/// or filled, under `statement_timeout = maintenance.analyze_budget` (0: off). PostgreSQL's
+/// autovacuum analyzes partitions, never their parent, so the planner's estimates for queries
+/// on the parent (joins, row counts) come only from here. A budget that runs out cancels the
+/// ANALYZE, which changes nothing, and is reported as a note, not an error.
+async fn analyze_parents(client: &mut Client, ctx: &mut Ctx<'_>, reports: &mut [TableReport]) {
+    let budget = ctx.config.maintenance.analyze_budget;
+    if budget.is_zero() {
+        return;
+    }
+    // Parents with rows whose statistics are missing or older than parent_stats_max_age are
+    // analyzed too, changed or not (what `--check`'s planner check warns about).
+    let names: Vec<String> = ctx
+        .config
+        .tables
+        .iter()
+        .map(|t| RelName::from(&t.name).quoted())
+        .collect();
+    let max_age = chrono::Duration::from_std(ctx.config.maintenance.parent_stats_max_age)
+        .unwrap_or(chrono::Duration::MAX);
+    let stale: Vec<bool> = match client
+        .query(
+            "SELECT p.oid IS NOT NULL AND coalesce((SELECT sum(c.relpages) FROM pg_inherits i \
+                      JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = p.oid), 0) > 0 \
+                    AND coalesce(greatest(s.last_analyze, s.last_autoanalyze) < now() - $2::text::interval, true) \
+             FROM unnest($1::text[]) WITH ORDINALITY q(name, ord) \
+             LEFT JOIN pg_class p ON p.oid = to_regclass(q.name) \
+             LEFT JOIN pg_stat_all_tables s ON s.relid = p.oid ORDER BY q.ord",
+            &[&names, &format!("{} seconds", max_age.num_seconds())],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %error_text(&e), "reading the parents' statistics ages");
+            vec![false; names.len()]
+        }
+    };
+    for ((table, tr), stale) in ctx.config.tables.iter().zip(reports.iter_mut()).zip(stale) {
+        if tr.created.is_empty() && tr.expired.is_empty() && !stale {
+            continue;
+        }
+        if ctx.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let parent = RelName::from(&table.name);
+        let step = crate::step::Step::transaction(
+            format!("analyze {parent}"),
+            "its partitions changed; autovacuum never analyzes a partitioned parent",
+            vec![
+                crate::step::Statement::Sql(format!(
+                    "SET LOCAL statement_timeout = '{}ms'",
+                    budget.as_millis()
+                )),
+                crate::step::Statement::Sql(format!("ANALYZE {}", parent.quoted())),
+            ],
+        )
+        .locking(vec![parent.quoted()]);
+        if ctx.dry_run {
+            let _ = writeln!(ctx.out, "{}", step.render(ctx.config));
+            continue;
+        }
+        if let Err(e) = Executor::new(client, ctx.config).run(&step).await {
+            tr.notes
+                .push(format!("statistics of {parent} not refreshed: {e}"));
+        }
+    }
 }
 
 /// Catch-up rounds of a drain before its swap, at most.

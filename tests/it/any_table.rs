@@ -154,3 +154,189 @@ async fn a_table_with_a_generated_column_archives_and_restores() {
         assert_eq!(after, before, "{format}");
     }
 }
+
+/// The `routing` check of `table` in a `--check --format json` report.
+fn routing_of(report: &serde_json::Value, table: &str) -> serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "routing" && c["table"] == table)
+        .cloned()
+        .unwrap_or_else(|| panic!("no routing check for {table}: {report:#}"))
+}
+
+/// Defect 2: routing probes cried wolf. On the application's `odds_snapshots` (foreign keys
+/// to events, bookmakers and scrape_runs) every placeholder probe failed with 23503, and on a
+/// table whose CHECKs the placeholders do not meet with 23514: `--check` was critical though
+/// every row routes right. Now probes copy a real row with the key changed, and an error the
+/// promised partition raises proves the row got there. Only "no partition" and a wrong
+/// landing fail, and a CHECK partwarden itself left on the DEFAULT partition, which refuses
+/// the application's writes of the current instant, is critical.
+#[tokio::test]
+async fn routing_probes_fail_only_when_routing_does() {
+    let db = TestDb::new("any_table_routing").await;
+    let c = db.client().await;
+    c.batch_execute(include_str!("../fixtures/app_odds_snapshots.sql"))
+        .await
+        .unwrap();
+    c.batch_execute(
+        "CREATE TABLE quotes (
+             bookmaker text NOT NULL CHECK (length(bookmaker) >= 3),
+             price numeric NOT NULL CHECK (price > 1),
+             quoted_at timestamptz NOT NULL
+         ) PARTITION BY RANGE (quoted_at);",
+    )
+    .await
+    .unwrap();
+    let config = db.write_config("", "");
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "[[tables]]\nname = \"public.odds_snapshots\"\npartition_key = \"captured_at\"\ninterval = \"daily\"\npremake = 2\n\
+           [[tables]]\nname = \"public.quotes\"\npartition_key = \"quoted_at\"\ninterval = \"monthly\"\npremake = 2\n";
+    std::fs::write(&config, text).unwrap();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // An empty odds_snapshots is probed with placeholders (FK refused by the partition);
+    // with a row, the row is copied.
+    let (_, report) = crate::support::check_json(&config);
+    for t in ["public.odds_snapshots", "public.quotes"] {
+        let r = routing_of(&report, t);
+        assert_eq!(r["status"], "ok", "{r:#}");
+    }
+    c.batch_execute(
+        "INSERT INTO odds_snapshots (event_id, bookmaker_id, scrape_run_id) VALUES (5, 2, 9);
+         INSERT INTO quotes VALUES ('betpawa', 1.5, now());",
+    )
+    .await
+    .unwrap();
+    let (_, report) = crate::support::check_json(&config);
+    for t in ["public.odds_snapshots", "public.quotes"] {
+        let r = routing_of(&report, t);
+        assert_eq!(r["status"], "ok", "{r:#}");
+        assert!(r["details"]["copied_from"].is_string(), "{r:#}");
+    }
+    // A DEFAULT partition that takes the current instant and carries the CHECK an older
+    // partwarden left: a write of now fails there, and routing says so.
+    c.batch_execute(
+        "DROP TABLE quotes;
+         CREATE TABLE quotes (bookmaker text NOT NULL, price numeric NOT NULL, quoted_at timestamptz NOT NULL)
+             PARTITION BY RANGE (quoted_at);
+         CREATE TABLE quotes_default PARTITION OF quotes DEFAULT;
+         INSERT INTO quotes VALUES ('betpawa', 2, now() - interval '1 day');
+         ALTER TABLE quotes_default ADD CONSTRAINT partwarden_default_exclusion
+             CHECK (quoted_at IS NULL OR quoted_at < now() - interval '1 hour' OR quoted_at >= now() + interval '1 day') NOT VALID;",
+    )
+    .await
+    .unwrap();
+    let (code, report) = crate::support::check_json(&config);
+    assert_eq!(code, 2, "{report:#}");
+    let r = routing_of(&report, "public.quotes");
+    assert_eq!(r["status"], "critical", "{r:#}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("partwarden_default_exclusion"),
+        "{r:#}"
+    );
+}
+
+/// The check of `id` for `table` in a report.
+fn check_of(report: &serde_json::Value, id: &str, table: &str) -> Option<serde_json::Value> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id && c["table"] == table)
+        .cloned()
+}
+
+/// Defect 3: a partitioned table nobody configured (here one ending this month, and one whose
+/// rows sit in its DEFAULT partition, as the application's `odds_snapshots`) did not appear
+/// in `--check`. Now each is a warning with its runway, holes and DEFAULT rows and the
+/// `[[tables]]` block that would manage it; `ignore_tables` and `watch_unmanaged` leave them
+/// out.
+#[tokio::test]
+async fn tables_nobody_configured_are_watched() {
+    let db = TestDb::new("any_table_unmanaged").await;
+    let config = db.write_config("", "");
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let c = db.client().await;
+    let this = month_start(0);
+    c.batch_execute(&format!(
+        "CREATE TABLE side_log (at timestamptz NOT NULL, v int) PARTITION BY RANGE (at);
+         CREATE TABLE side_log_a PARTITION OF side_log FOR VALUES FROM ('{this}') TO ('{this}'::timestamptz + interval '1 month');
+         CREATE TABLE snaps (id bigserial, captured_at timestamptz NOT NULL) PARTITION BY RANGE (captured_at);
+         CREATE TABLE snaps_default PARTITION OF snaps DEFAULT;
+         INSERT INTO snaps (captured_at) VALUES (now());
+         CREATE TABLE by_list (k text NOT NULL) PARTITION BY LIST (k);"
+    ))
+    .await
+    .unwrap();
+    let (_, report) = crate::support::check_json(&config);
+    let side = check_of(&report, "unmanaged", "public.side_log").unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(side["status"], "warning", "{side:#}");
+    let msg = side["message"].as_str().unwrap();
+    assert!(msg.contains("not managed by partwarden: writes fail from"), "{msg}");
+    assert!(msg.contains("partition_key = \"at\"") && msg.contains("interval = \"monthly\""), "{msg}");
+    let snaps = check_of(&report, "unmanaged", "public.snaps").unwrap();
+    assert_eq!(snaps["status"], "warning");
+    assert!(snaps["message"].as_str().unwrap().contains("DEFAULT partition holds rows"), "{snaps:#}");
+    assert_eq!(check_of(&report, "unmanaged", "public.by_list").unwrap()["status"], "ok");
+    // Ignored, then not watched at all.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("archive_dir = \"archive\"\n", "archive_dir = \"archive\"\nignore_tables = [\"public.snaps\"]\n"),
+    )
+    .unwrap();
+    let (_, report) = crate::support::check_json(&config);
+    assert!(check_of(&report, "unmanaged", "public.snaps").is_none());
+    assert!(check_of(&report, "unmanaged", "public.side_log").is_some());
+    std::fs::write(
+        &config,
+        text.replace("archive_dir = \"archive\"\n", "archive_dir = \"archive\"\nwatch_unmanaged = false\n"),
+    )
+    .unwrap();
+    let (_, report) = crate::support::check_json(&config);
+    assert!(check_of(&report, "unmanaged", "public.side_log").is_none());
+}
+
+/// Items 4 and 5: the parent of a partitioned table with rows and no statistics (autovacuum
+/// never analyzes a partitioned parent) is a warning in `--check`'s `planner` check, with the
+/// partition count and the planning time of a query of the current period; a pass analyzes
+/// it, and the check is ok.
+#[tokio::test]
+async fn a_pass_analyzes_the_parent_and_check_reports_planning() {
+    let (db, config, c) = setup("any_table_planner", "").await;
+    let (code, out, err) = run(&config, &["--bootstrap"]);
+    assert_eq!(code, 0, "{out}{err}");
+    c.batch_execute(
+        "INSERT INTO readings (taken_at, note, price) SELECT now() - g * interval '1 minute', 'n', 2 FROM generate_series(1, 2000) g",
+    )
+    .await
+    .unwrap();
+    // Partitions' page counts as autovacuum would leave them (it vacuums partitions only).
+    c.batch_execute("VACUUM readings").await.unwrap();
+    let (_, report) = crate::support::check_json(&config);
+    let p = check_of(&report, "planner", "public.readings").unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(p["status"], "warning", "{p:#}");
+    assert!(p["message"].as_str().unwrap().contains("never been analyzed"), "{p:#}");
+    assert!(p["details"]["planning_ms"].as_f64().is_some(), "{p:#}");
+    assert_eq!(p["details"]["partitions"], 3);
+    let (code, out, err) = run(&config, &["--run-once"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let analyzed: bool = c
+        .query_one(
+            "SELECT last_analyze IS NOT NULL FROM pg_stat_all_tables WHERE relid = 'readings'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(analyzed, "{out}{err}");
+    let (_, report) = crate::support::check_json(&config);
+    assert_eq!(check_of(&report, "planner", "public.readings").unwrap()["status"], "ok");
+    let _ = db;
+}

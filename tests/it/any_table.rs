@@ -275,20 +275,39 @@ async fn tables_nobody_configured_are_watched() {
     .await
     .unwrap();
     let (_, report) = crate::support::check_json(&config);
-    let side = check_of(&report, "unmanaged", "public.side_log").unwrap_or_else(|| panic!("{report:#}"));
+    let side =
+        check_of(&report, "unmanaged", "public.side_log").unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(side["status"], "warning", "{side:#}");
     let msg = side["message"].as_str().unwrap();
-    assert!(msg.contains("not managed by partwarden: writes fail from"), "{msg}");
-    assert!(msg.contains("partition_key = \"at\"") && msg.contains("interval = \"monthly\""), "{msg}");
+    assert!(
+        msg.contains("not managed by partwarden: writes fail from"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("partition_key = \"at\"") && msg.contains("interval = \"monthly\""),
+        "{msg}"
+    );
     let snaps = check_of(&report, "unmanaged", "public.snaps").unwrap();
     assert_eq!(snaps["status"], "warning");
-    assert!(snaps["message"].as_str().unwrap().contains("DEFAULT partition holds rows"), "{snaps:#}");
-    assert_eq!(check_of(&report, "unmanaged", "public.by_list").unwrap()["status"], "ok");
+    assert!(
+        snaps["message"]
+            .as_str()
+            .unwrap()
+            .contains("DEFAULT partition holds rows"),
+        "{snaps:#}"
+    );
+    assert_eq!(
+        check_of(&report, "unmanaged", "public.by_list").unwrap()["status"],
+        "ok"
+    );
     // Ignored, then not watched at all.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
-        text.replace("archive_dir = \"archive\"\n", "archive_dir = \"archive\"\nignore_tables = [\"public.snaps\"]\n"),
+        text.replace(
+            "archive_dir = \"archive\"\n",
+            "archive_dir = \"archive\"\nignore_tables = [\"public.snaps\"]\n",
+        ),
     )
     .unwrap();
     let (_, report) = crate::support::check_json(&config);
@@ -296,7 +315,10 @@ async fn tables_nobody_configured_are_watched() {
     assert!(check_of(&report, "unmanaged", "public.side_log").is_some());
     std::fs::write(
         &config,
-        text.replace("archive_dir = \"archive\"\n", "archive_dir = \"archive\"\nwatch_unmanaged = false\n"),
+        text.replace(
+            "archive_dir = \"archive\"\n",
+            "archive_dir = \"archive\"\nwatch_unmanaged = false\n",
+        ),
     )
     .unwrap();
     let (_, report) = crate::support::check_json(&config);
@@ -322,7 +344,13 @@ async fn a_pass_analyzes_the_parent_and_check_reports_planning() {
     let (_, report) = crate::support::check_json(&config);
     let p = check_of(&report, "planner", "public.readings").unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(p["status"], "warning", "{p:#}");
-    assert!(p["message"].as_str().unwrap().contains("never been analyzed"), "{p:#}");
+    assert!(
+        p["message"]
+            .as_str()
+            .unwrap()
+            .contains("never been analyzed"),
+        "{p:#}"
+    );
     assert!(p["details"]["planning_ms"].as_f64().is_some(), "{p:#}");
     assert_eq!(p["details"]["partitions"], 3);
     let (code, out, err) = run(&config, &["--run-once"]);
@@ -337,6 +365,9 @@ async fn a_pass_analyzes_the_parent_and_check_reports_planning() {
         .get(0);
     assert!(analyzed, "{out}{err}");
     let (_, report) = crate::support::check_json(&config);
-    assert_eq!(check_of(&report, "planner", "public.readings").unwrap()["status"], "ok");
+    assert_eq!(
+        check_of(&report, "planner", "public.readings").unwrap()["status"],
+        "ok"
+    );
     let _ = db;
 }

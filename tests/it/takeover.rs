@@ -515,7 +515,7 @@ async fn fingerprint(c: &tokio_postgres::Client) -> (i64, i64, i64, i64) {
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
-/// Requirement 3: a drain spread over passes (`default_move_budget` 20,000 rows for 150,000
+/// Requirement 3: a drain spread over passes (`default_move_budget` 5,000 rows for 150,000
 /// rows) and killed with SIGKILL at 30 random instants of its passes: after every kill the
 /// table holds exactly its rows (none lost, none twice), and later passes finish the drain,
 /// leaving nothing of it behind.
@@ -525,7 +525,7 @@ async fn a_drain_killed_at_random_instants_loses_and_duplicates_nothing() {
         "takeover_kill9",
         150_000,
         10,
-        "default_move_budget = 20000\n",
+        "default_move_budget = 5000\n",
     )
     .await;
     bootstrap_schema_only(&config);

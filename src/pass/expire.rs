@@ -19,6 +19,7 @@ pub(super) async fn expire_table(
     table: &TableConfig,
     snap: &TableSnapshot,
     tr: &mut TableReport,
+    budget: &mut usize,
 ) {
     let parent = RelName::from(&table.name);
     let gathered = async {
@@ -46,14 +47,9 @@ pub(super) async fn expire_table(
             return;
         }
     };
-    let plan = expiry::plan(
-        table,
-        snap,
-        &unfinished,
-        ctx.now,
-        ctx.server_now,
-        ctx.config.maintenance.max_expired_per_pass,
-    );
+    let plan = expiry::plan(table, snap, &unfinished, ctx.now, ctx.server_now, *budget);
+    // max_expired_per_pass bounds the whole pass: what this table takes, the others do not get.
+    *budget = budget.saturating_sub(plan.tasks.len());
     tr.notes.extend(plan.notes);
     let has_default = snap.default_partition().is_some();
     let archive_schema = if plan.tasks.is_empty() || table.on_expiry != OnExpiry::Detach {

@@ -245,11 +245,27 @@ pub async fn run(
     repair_indexes(client, &mut ctx, &rels, &manageable, &mut report.tables).await;
     // Phase 3: expiries.
     refresh(&*client, &rels, &mut snaps, &mut report.tables).await;
-    for (i, table) in config.tables.iter().enumerate() {
+    // max_expired_per_pass is for the whole pass, shared oldest data first: the table whose
+    // earliest partition is oldest goes first, so that no table waits behind another's backlog
+    // for ever (once its oldest partitions are gone, another table's are the oldest).
+    let mut budget = config.maintenance.max_expired_per_pass;
+    let mut order: Vec<usize> = (0..config.tables.len()).collect();
+    order.sort_by_key(|&i| {
+        let earliest = snaps[i].as_ref().and_then(|s| {
+            s.partitions
+                .iter()
+                .filter(|p| !p.is_default)
+                .filter_map(|p| p.lower)
+                .min()
+        });
+        (earliest.is_none(), earliest)
+    });
+    for i in order {
+        let table = &config.tables[i];
         if let (true, Some(snap)) = (manageable[i], &snaps[i]) {
             let tr = &mut report.tables[i];
             let before = (tr.expired.len(), tr.errors.len());
-            expire_table(client, &mut ctx, table, snap, tr).await;
+            expire_table(client, &mut ctx, table, snap, tr, &mut budget).await;
             if !opts.dry_run && (tr.expired.len(), tr.errors.len()) != before {
                 snaps[i] = None;
             }

@@ -15,6 +15,7 @@ mod nothing_lost;
 mod odds;
 mod parquet;
 mod pg;
+mod round_two;
 mod security;
 mod store;
 mod support;

@@ -64,11 +64,31 @@ pub(super) async fn expire_table(
             }
         }
     };
+    // Nothing is detached that this pass cannot archive: a detached table holds rows the
+    // application no longer sees, so an archive that then fails hides them until it works.
+    let refused = if ctx.dry_run || table.on_expiry != OnExpiry::Archive {
+        None
+    } else {
+        preflight_destination(client, ctx, &plan.tasks).await.err()
+    };
     for task in &plan.tasks {
         if ctx.stop.load(Ordering::SeqCst) {
             tr.notes
                 .push("stopping: the remaining expiries are left to the next pass".into());
             break;
+        }
+        if task.start == Start::Attached && table.on_expiry == OnExpiry::Archive && !ctx.dry_run {
+            let why = match &refused {
+                Some(why) => Some(why.clone()),
+                None => preflight_partition(client, &task.partition).await.err(),
+            };
+            if let Some(why) = why {
+                tr.errors.push(format!(
+                    "{}: not detached, since its archive could not be finished: {why}",
+                    task.partition
+                ));
+                continue;
+            }
         }
         let expiry = Expiry::plan(ctx.config, table, task, has_default, archive_schema);
         if ctx.dry_run {
@@ -96,6 +116,91 @@ pub(super) async fn expire_table(
             }
         }
     }
+}
+
+/// Whether the archives of `tasks` can be written now: the archive (or spool) directory is
+/// created if missing and takes a probe file, has room for the partitions still attached
+/// (their size on disk, an upper bound of their compressed archives), and the object store,
+/// if any, takes a probe object.
+async fn preflight_destination(
+    client: &Client,
+    ctx: &Ctx<'_>,
+    tasks: &[Task],
+) -> Result<(), String> {
+    let attached: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.start == Start::Attached)
+        .map(|t| t.partition.quoted())
+        .collect();
+    if attached.is_empty() {
+        return Ok(());
+    }
+    let m = &ctx.config.maintenance;
+    let dir = &m.archive_dir;
+    archive::create_private_dir(dir).map_err(|e| e.to_string())?;
+    let probe = dir.join(format!(
+        ".partwarden-preflight-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::File::create(&probe)
+        .map_err(|e| format!("archive directory {} is not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let needed: i64 = client
+        .query_one(
+            "SELECT coalesce(sum(pg_relation_size(to_regclass(n))), 0)::bigint FROM unnest($1::text[]) n",
+            &[&attached],
+        )
+        .await
+        .map_err(|e| format!("reading the partitions' sizes: {}", error_text(&e)))?
+        .get(0);
+    let free = nix::sys::statvfs::statvfs(dir.as_path())
+        .map(|s| s.blocks_available() * s.fragment_size())
+        .unwrap_or(u64::MAX);
+    if free < needed as u64 {
+        return Err(format!(
+            "archive directory {} has {} MiB free, the partitions due need up to {} MiB",
+            dir.display(),
+            free >> 20,
+            (needed as u64) >> 20
+        ));
+    }
+    if let Some(store) = &m.archive_store {
+        let probed = match archive::store::Store::open(store) {
+            Ok(s) => s.probe().await,
+            Err(e) => Err(e),
+        };
+        probed.map_err(|e| format!("the archive store {} cannot be written: {e}", store.url()))?;
+    }
+    Ok(())
+}
+
+/// Whether this session may archive and then drop `partition`: it can read it (COPY) and its
+/// role is its owner or a member of the owner (DROP).
+async fn preflight_partition(client: &Client, partition: &RelName) -> Result<(), String> {
+    let row = client
+        .query_opt(
+            "SELECT has_table_privilege(c.oid, 'SELECT'), pg_has_role(c.relowner, 'USAGE'), c.relowner::regrole::text \
+             FROM pg_class c WHERE c.oid = to_regclass($1)",
+            &[&partition.quoted()],
+        )
+        .await
+        .map_err(|e| format!("reading its privileges: {}", error_text(&e)))?;
+    let Some(row) = row else {
+        return Ok(()); // gone: the expiry records it as vanished
+    };
+    let (read, own, owner): (bool, bool, String) = (row.get(0), row.get(1), row.get(2));
+    if !read {
+        return Err(format!(
+            "partwarden's role may not read it (no SELECT privilege; owner {owner})"
+        ));
+    }
+    if !own {
+        return Err(format!(
+            "partwarden's role may not drop it (owned by {owner}; make partwarden's role a member of it, or hand the table over)"
+        ));
+    }
+    Ok(())
 }
 
 /// The statements of an expiry, built in one place for the executor and for `--dry-run`, so

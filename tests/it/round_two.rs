@@ -62,3 +62,53 @@ async fn max_expired_per_pass_bounds_the_whole_pass() {
     assert_eq!(total, 12 - 3, "{out}");
     assert_eq!(left(3).await, 0, "the oldest data goes first: {out}");
 }
+
+/// Item 1: the first pass on an existing database detached the partitions past the retention,
+/// then failed to archive them (the archive directory could not be created): the application
+/// lost sight of their rows (`count(*)` went from 120,001 to 1). Now a pre-flight proves the
+/// archive can be written before anything is detached: nothing is detached, the pass says why,
+/// and `--check` is critical. With a directory, the same pass archives and drops.
+#[tokio::test]
+async fn a_pass_that_cannot_archive_detaches_nothing() {
+    let db = TestDb::new("round2_preflight").await;
+    let config = db.write_config("", "");
+    crate::support::bootstrap_cli(&config);
+    let c = db.client().await;
+    let hash = crate::faults::old_partition(&c, 8).await;
+    let before: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The archive directory's parent is a regular file: the directory cannot be created (as
+    // /var/lib/partwarden/archive could not by the partwarden user before systemd made it).
+    let blocker = db.dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"x").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "archive_dir = \"archive\"",
+        &format!("archive_dir = \"{}/archive\"", blocker.display()),
+    );
+    std::fs::write(&config, &text).unwrap();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("not detached"), "{out}{err}");
+    let after: i64 = c
+        .query_one("SELECT count(*) FROM market_odds_history", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(after, before, "the application still sees every row");
+    assert!(crate::faults::attached(&c, &crate::faults::name(8)).await);
+    let (code, check, _) = partwarden(&["--config", path_str(&config), "--check"], &[]);
+    assert_eq!(code, 2, "{check}");
+    // The directory possible again: the next pass archives and drops.
+    std::fs::remove_file(&blocker).unwrap();
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!crate::faults::attached(&c, &crate::faults::name(8)).await);
+    let dir = blocker.join("archive").join("public.market_odds_history");
+    assert_eq!(
+        crate::faults::archive_hash(&dir, &crate::faults::name(8)).as_deref(),
+        Some(hash.as_str())
+    );
+}

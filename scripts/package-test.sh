@@ -62,6 +62,13 @@ grep -q -- '--bootstrap' <<<"$help" || fail "--help lacks --bootstrap"
 [ ! -e /etc/systemd/system/multi-user.target.wants/partwarden.service ] \
     || fail "the service was enabled"
 ! pgrep -x partwarden >/dev/null || fail "partwarden is running after install"
+# An administrator's own group and mode survive a reinstall (the postinst applies its own on
+# the first install only).
+chgrp root /etc/partwarden/config.toml
+chmod 0600 /etc/partwarden/config.toml
+dpkg -i "$deb" >/dev/null
+[ "$(stat -c '%a %U:%G' /etc/partwarden/config.toml)" = "600 root:root" ] \
+    || fail "a reinstall changed config.toml to $(stat -c '%a %U:%G' /etc/partwarden/config.toml)"
 dpkg --purge partwarden >/dev/null
 [ ! -e /usr/bin/partwarden ] || fail "the binary is still there after purge"
 [ ! -e /etc/partwarden/config.toml ] || fail "the configuration is still there after purge"

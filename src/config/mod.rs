@@ -282,6 +282,10 @@ pub struct TableConfig {
 impl Config {
     /// Reads `path`, applies `PARTWARDEN__*` environment overrides, and validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_file(path).map_err(blame_environment)
+    }
+
+    fn load_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let err = |message: String| ConfigError {
             file: file.clone(),
@@ -312,5 +316,26 @@ impl Config {
                 err(text)
             })?;
         raw.validate(path).map_err(err)
+    }
+}
+
+/// An error about a key whose value came from a `PARTWARDEN__*` environment variable names that
+/// variable, not the file: the file may be right, and the operator must know where to look.
+fn blame_environment(e: ConfigError) -> ConfigError {
+    let key = e
+        .message
+        .split('`')
+        .nth(1)
+        .filter(|k| k.contains('.') && !k.contains(' '));
+    let Some(key) = key else {
+        return e;
+    };
+    let var = format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase());
+    if std::env::var_os(&var).is_none() {
+        return e;
+    }
+    ConfigError {
+        file: format!("environment variable {var} (overriding {})", e.file),
+        message: e.message,
     }
 }

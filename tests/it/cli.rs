@@ -129,6 +129,26 @@ async fn environment_overrides_keys() {
     );
     assert_eq!(code, 78, "{stderr}");
     assert!(stderr.contains("database.connect_timeout"), "{stderr}");
+    // Issue "round two", also: the error names the variable, not the file, when the value
+    // came from the environment (before: "<file>: key `database.connect_timeout` ...").
+    assert!(
+        stderr.contains("environment variable PARTWARDEN__DATABASE__CONNECT_TIMEOUT"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Another key from the environment: its variable is named too.
+    let (code, _, stderr) = partwarden(
+        &["--config", path_str(&path), "--bootstrap"],
+        &[
+            ("PARTWARDEN__DATABASE__URL", &db.url),
+            ("PARTWARDEN__MAINTENANCE__SCHEDULE", "not cron"),
+        ],
+    );
+    assert_eq!(code, 78, "{stderr}");
+    assert!(
+        stderr.contains("PARTWARDEN__MAINTENANCE__SCHEDULE"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -256,35 +256,58 @@ async fn write_data(
         tx.batch_execute(&statement_timeout_sql(timeout))
             .await
             .map_err(db("setting the archive's statement_timeout"))?;
-        let stream = tx
-            .copy_out(&format!("COPY {} TO STDOUT", src.partition.quoted()))
-            .await
-            .map_err(db("COPY TO STDOUT"))?;
-        futures_util::pin_mut!(stream);
-        // The server sends one message per row; batching them keeps the channel and the
-        // compressor busy with large writes instead of a million tiny ones.
-        let mut batch = bytes::BytesMut::with_capacity(BATCH_BYTES);
-        let mut writer_gone = false;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(db("COPY TO STDOUT"))?;
-            batch.extend_from_slice(&chunk);
-            if batch.len() >= BATCH_BYTES && sender.send(batch.split().freeze()).await.is_err() {
-                // The writer stopped early; its error is reported below.
-                writer_gone = true;
-                break;
+        let writer_gone = {
+            let stream = tx
+                .copy_out(&format!("COPY {} TO STDOUT", src.partition.quoted()))
+                .await
+                .map_err(db("COPY TO STDOUT"))?;
+            futures_util::pin_mut!(stream);
+            // The server sends one message per row; batching them keeps the channel and the
+            // compressor busy with large writes instead of a million tiny ones.
+            let mut batch = bytes::BytesMut::with_capacity(BATCH_BYTES);
+            let mut writer_gone = false;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(db("COPY TO STDOUT"))?;
+                batch.extend_from_slice(&chunk);
+                if batch.len() >= BATCH_BYTES && sender.send(batch.split().freeze()).await.is_err()
+                {
+                    // The writer stopped early (full disk, a value it refuses, a panic); its
+                    // error is reported below.
+                    writer_gone = true;
+                    break;
+                }
             }
+            if !writer_gone && !batch.is_empty() {
+                let _ = sender.send(batch.freeze()).await;
+            }
+            writer_gone
+            // The COPY stream is dropped here, before the transaction ends: a stream left
+            // alive but no longer read stops the connection from reading, the server then
+            // waits to write the rest of the COPY, and COMMIT waits for ever (the issue's
+            // deadlock). Dropped, the rest of the COPY is read and discarded.
+        };
+        if writer_gone {
+            tx.rollback()
+                .await
+                .map_err(db("ending the archive transaction"))?;
+        } else {
+            tx.commit()
+                .await
+                .map_err(db("ending the archive transaction"))?;
         }
-        if !writer_gone && !batch.is_empty() {
-            let _ = sender.send(batch.freeze()).await;
-        }
-        tx.commit()
-            .await
-            .map_err(db("ending the archive transaction"))?;
         Ok::<(), ArchiveError>(())
     }
     .await;
     drop(sender);
-    let written = writer.await.expect("archive writer thread does not panic");
+    // A writer that panicked (a bug, or a value its format cannot hold) fails this archive
+    // like any other error: the table stays as it is and the pass goes on.
+    let written = match writer.await {
+        Ok(w) => w,
+        Err(e) => Err(ArchiveError::Mismatch {
+            path: temp.to_path_buf(),
+            message: format!("the archive writer stopped: {e}"),
+        }),
+    };
     streamed?;
     written
 }

@@ -112,3 +112,56 @@ async fn a_pass_that_cannot_archive_detaches_nothing() {
         Some(hash.as_str())
     );
 }
+
+/// Item 3: a pass deadlocked for ever when the archive writer stopped early. `write_data`
+/// awaited COMMIT with the COPY stream still alive and unread: the server waited to send the
+/// rest of the COPY, the client for COMMIT's answer. Reproduced here with a full disk (a file
+/// size limit, SIGXFSZ ignored) on a 30 MB partition, larger than the channel and the socket
+/// buffers; before the fix the pass never ended (`timeout` killed it, exit 124). Now it fails
+/// within seconds with the table intact.
+#[tokio::test]
+async fn a_full_disk_during_a_large_archive_fails_promptly() {
+    let db = TestDb::new("round2_full_disk").await;
+    let config = db.write_config("", "");
+    crate::support::bootstrap_cli(&config);
+    let c = db.client().await;
+    let name = crate::faults::name(8);
+    crate::faults::old_partition(&c, 8).await;
+    c.execute(
+        "INSERT INTO market_odds_history (event_id, bookmaker_slug, betpawa_market_id, outcomes, captured_at) \
+         SELECT g, 'betpawa', 'wide', jsonb_build_array((SELECT string_agg(md5((g * 100 + i)::text), '') FROM generate_series(1, 12) i)), \
+                $1::timestamptz + g * interval '1 second' \
+         FROM generate_series(1, 70000) g",
+        &[&start(8)],
+    )
+    .await
+    .unwrap();
+    let hash = crate::faults::table_hash(&c, &name).await;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f 1024; exec timeout 120 {} --config {} --run-once",
+            env!("CARGO_BIN_EXE_partwarden"),
+            path_str(&config)
+        ))
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(60),
+        "took {elapsed:?}"
+    );
+    assert_eq!(crate::faults::table_hash(&c, &name).await, hash, "intact");
+    // Space again: the next pass archives and drops it.
+    let (code, out, err) = partwarden(&["--config", path_str(&config), "--run-once"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!crate::faults::attached(&c, &name).await);
+}

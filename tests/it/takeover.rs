@@ -515,7 +515,7 @@ async fn fingerprint(c: &tokio_postgres::Client) -> (i64, i64, i64, i64) {
     (r.get(0), r.get(1), r.get(2), r.get(3))
 }
 
-/// Requirement 3: a drain spread over passes (`default_move_budget` 5,000 rows for 150,000
+/// Requirement 3: a drain spread over passes (`default_move_budget` 2,000 rows for 150,000
 /// rows) and killed with SIGKILL at 30 random instants of its passes: after every kill the
 /// table holds exactly its rows (none lost, none twice), and later passes finish the drain,
 /// leaving nothing of it behind.
@@ -525,17 +525,24 @@ async fn a_drain_killed_at_random_instants_loses_and_duplicates_nothing() {
         "takeover_kill9",
         150_000,
         10,
-        "default_move_budget = 5000\n",
+        "default_move_budget = 2000\n",
     )
     .await;
     bootstrap_schema_only(&config);
     let before = fingerprint(&c).await;
-    // How long a pass of this drain takes, to aim the kills inside passes.
-    let timed = Instant::now();
+    // The first pass sets the drain up and copies; how long the passes after it take (the
+    // shorter of two, a copy each) aims the kills inside passes.
     let (code, out, err) = run(&config, "--run-once");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("blocks copied"), "{out}");
-    let span = (timed.elapsed().as_millis() as u64).max(50);
+    let mut span = u64::MAX;
+    for _ in 0..2 {
+        let timed = Instant::now();
+        let (code, out, err) = run(&config, "--run-once");
+        assert_eq!(code, 0, "{out}{err}");
+        span = span.min(timed.elapsed().as_millis() as u64);
+    }
+    let span = span.max(20);
     // --check shows the drain under way and how far it is.
     let (_, report) = crate::support::check_json(&config);
     let d = report["checks"]
@@ -568,12 +575,13 @@ async fn a_drain_killed_at_random_instants_loses_and_duplicates_nothing() {
         let _ = child.wait();
         assert_eq!(fingerprint(&c).await, before, "after kill {i}");
     }
+    eprintln!("{killed_mid_run} of 30 kills landed mid-pass (span {span} ms)");
     assert!(
         killed_mid_run >= 10,
         "only {killed_mid_run} kills landed mid-pass"
     );
     let mut drained = false;
-    for _ in 0..20 {
+    for _ in 0..150 {
         let (code, out, err) = run(&config, "--run-once");
         assert_eq!(code, 0, "{out}{err}");
         assert_eq!(fingerprint(&c).await, before);

@@ -104,7 +104,10 @@ async fn a_store_that_fails_keeps_the_table_until_it_works() {
     to_store(&config, "pw-no-such-bucket", "");
     let (code, out, err) = run(&config, s3, &["--run-once"]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("not detached") && out.contains("cannot be written"), "{out}");
+    assert!(
+        out.contains("not detached") && out.contains("cannot be written"),
+        "{out}"
+    );
     assert!(crate::faults::attached(&db.client().await, &month_name(8)).await);
     assert_eq!(rows_hash(&db, &month_name(8)).await, before);
     assert!(ledger(&db, &month_name(8)).await.is_empty());

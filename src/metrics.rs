@@ -156,6 +156,41 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     r
 });
 
+/// The tables whose per-table gauges are set, so that a reload can remove the others'.
+static TABLES: LazyLock<std::sync::Mutex<std::collections::BTreeSet<String>>> =
+    LazyLock::new(Default::default);
+
+/// Removes the per-table gauges of every table not in `keep`.
+pub fn retain_tables(keep: &[String]) {
+    let mut known = TABLES.lock().unwrap_or_else(|e| e.into_inner());
+    let gone: Vec<String> = known
+        .iter()
+        .filter(|t| !keep.contains(t))
+        .cloned()
+        .collect();
+    for t in gone {
+        let labels: Labels = vec![("table", t.clone())];
+        for family in [
+            &*RUNWAY,
+            &*DEFAULT_HAS_ROWS,
+            &*PREMAKE,
+            &*WRITES_FAIL_AT,
+            &*DEFAULT_ROWS,
+            &*DRAIN_BLOCKS_LEFT,
+        ] {
+            family.remove(&labels);
+        }
+        known.remove(&t);
+    }
+}
+
+fn remember(table: &str) {
+    TABLES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(table.to_string());
+}
+
 /// Records the gauges of one table after a pass.
 pub fn set_table(
     table: &str,
@@ -164,6 +199,7 @@ pub fn set_table(
     writes_fail_at: Option<i64>,
     default_has_rows: bool,
 ) {
+    remember(table);
     let labels: Labels = vec![("table", table.to_string())];
     PREMAKE.get_or_create(&labels).set(i64::from(premake));
     match writes_fail_at {
@@ -182,6 +218,7 @@ pub fn set_table(
 
 /// Records a table's DEFAULT partition rows (estimate) and the blocks its drain has left.
 pub fn set_default(table: &str, rows: i64, drain_blocks_left: i64) {
+    remember(table);
     let labels: Labels = vec![("table", table.to_string())];
     DEFAULT_ROWS.get_or_create(&labels).set(rows);
     DRAIN_BLOCKS_LEFT

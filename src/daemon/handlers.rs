@@ -153,13 +153,18 @@ impl Daemon {
             }
         }
         if new.metrics.listen != self.config.metrics.listen {
-            if let Some((_, task)) = self.metrics_server.take() {
-                task.abort();
+            // The new address is bound before the old endpoint stops: one that cannot be
+            // bound leaves the running endpoint serving (a daemon without metrics looks down).
+            match start_metrics(&new).await {
+                Ok(started) => {
+                    if let Some((_, task)) = std::mem::replace(&mut self.metrics_server, started) {
+                        task.abort();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics endpoint not moved; the running one keeps serving");
+                }
             }
-            self.metrics_server = start_metrics(&new).await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "metrics endpoint not restarted");
-                None
-            });
         }
         // New connection settings (the password from a rotated password_file included): give
         // up the session (and the lock) and connect again with the new ones; a pass in
@@ -169,6 +174,15 @@ impl Daemon {
         }
         self.config = new;
         metrics::SCHEDULE_PERIOD.set(self.config.maintenance.schedule_period.as_secs() as i64);
+        // A table no longer configured has no gauges: frozen values would page for a table
+        // nobody manages (PartwardenWritesFailSoon).
+        let tables: Vec<String> = self
+            .config
+            .tables
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        metrics::retain_tables(&tables);
         if self.reconnect_pending && self.running.is_none() {
             self.reconnect_pending = false;
             reconnect(&mut self.client, &mut self.role, &mut self.next_attempt);

@@ -20,7 +20,7 @@ fn month(ahead: u32) -> String {
 }
 
 /// A bootstrapped database's config with a schedule of every second.
-fn daemon_config(db: &TestDb, extra: &str) -> PathBuf {
+pub(crate) fn daemon_config(db: &TestDb, extra: &str) -> PathBuf {
     let config = db.write_config("", extra);
     let (code, out, err) = partwarden(&["--config", path_str(&config), "--bootstrap"], &[]);
     assert_eq!(code, 0, "{out}{err}");
@@ -61,7 +61,7 @@ impl Daemon {
     }
 
     /// Waits until `needle` appears `count` times in the log.
-    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+    pub(crate) fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.log().matches(needle).count() >= count {
@@ -72,7 +72,7 @@ impl Daemon {
         false
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args(["-s", sig, &self.child.id().to_string()])
             .status()
@@ -81,7 +81,7 @@ impl Daemon {
         assert!(ok, "kill -s {sig}");
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -379,7 +379,7 @@ async fn two_daemons_one_leader_and_the_standby_takes_over() {
     let _ = a.wait_exit(Duration::from_secs(1));
 }
 
-fn http_get(addr: &str, path: &str) -> String {
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut last = String::new();
     for _ in 0..3 {

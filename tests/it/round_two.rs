@@ -165,3 +165,114 @@ async fn a_full_disk_during_a_large_archive_fails_promptly() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(!crate::faults::attached(&c, &name).await);
 }
+
+/// The address the daemon logged for its metrics endpoint, the `n`-th time (0: the first).
+fn metrics_address(log: &str, n: usize) -> Option<String> {
+    log.split("serving Prometheus metrics on /metrics address=")
+        .nth(n + 1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// A daemon with `market_odds_history` and `side_log` configured and a metrics endpoint, after
+/// its first pass: (the daemon, its configuration, the endpoint's address).
+async fn daemon_with_two_tables(
+    db: &TestDb,
+) -> (crate::daemon::Daemon, std::path::PathBuf, String) {
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE side_log (id bigserial, at timestamptz NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)",
+    )
+    .await
+    .unwrap();
+    let config = crate::daemon::daemon_config(
+        db,
+        &format!("[metrics]\nlisten = \"127.0.0.1:0\"\n{TWO_TABLES}"),
+    );
+    let d = crate::daemon::Daemon::start(&config, db.dir.path().join("daemon.log"), &[]);
+    assert!(
+        d.wait_log(
+            "maintenance pass finished",
+            1,
+            std::time::Duration::from_secs(15)
+        ),
+        "{}",
+        d.log()
+    );
+    let addr = metrics_address(&d.log(), 0).expect("metrics address logged");
+    assert!(
+        crate::daemon::http_get(&addr, "/metrics")
+            .contains("partwarden_runway_periods{table=\"public.side_log\"}")
+    );
+    (d, config, addr)
+}
+
+const TWO_TABLES: &str = "[[tables]]\nname = \"public.market_odds_history\"\npartition_key = \"captured_at\"\ninterval = \"monthly\"\npremake = 3\n\
+                          [[tables]]\nname = \"public.side_log\"\npartition_key = \"at\"\ninterval = \"monthly\"\npremake = 2\n";
+
+const SIDE_LOG: &str = "[[tables]]\nname = \"public.side_log\"\npartition_key = \"at\"\ninterval = \"monthly\"\npremake = 2\n";
+
+/// Item 12: after a SIGHUP that removed a table from the configuration, its gauges stayed
+/// exported with frozen values until restart, and `PartwardenWritesFailSoon` paged for a table
+/// nobody manages. Now the reload removes them.
+#[tokio::test]
+async fn a_reload_forgets_the_gauges_of_a_removed_table() {
+    let db = TestDb::new("round2_reload_gauges").await;
+    let (mut d, config, addr) = daemon_with_two_tables(&db).await;
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(SIDE_LOG, "");
+    std::fs::write(&config, text).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log(
+            "configuration reloaded",
+            1,
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    let metrics = crate::daemon::http_get(&addr, "/metrics");
+    assert!(!metrics.contains("public.side_log"), "{metrics}");
+    assert!(metrics.contains("partwarden_runway_periods{table=\"public.market_odds_history\"}"));
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(std::time::Duration::from_secs(10)), Some(0));
+}
+
+/// Item 13: a reload whose `metrics.listen` could not be bound stopped the running endpoint
+/// while logging "configuration reloaded", so `PartwardenDown` fired on a healthy daemon. Now
+/// the new address is bound first, and on failure the running endpoint keeps serving.
+#[tokio::test]
+async fn a_reload_keeps_the_metrics_endpoint_it_cannot_move() {
+    let db = TestDb::new("round2_reload_listen").await;
+    let (mut d, config, addr) = daemon_with_two_tables(&db).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", busy.local_addr().unwrap()),
+    );
+    std::fs::write(&config, text).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log(
+            "configuration reloaded",
+            1,
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+    let metrics = crate::daemon::http_get(&addr, "/metrics");
+    assert!(
+        metrics.starts_with("HTTP/1.0 200 OK"),
+        "the running endpoint still serves: {metrics}"
+    );
+    assert!(
+        d.log().contains("metrics endpoint not moved"),
+        "{}",
+        d.log()
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(std::time::Duration::from_secs(10)), Some(0));
+}

@@ -21,8 +21,9 @@
 //! application's changes, and swapped in at once (the recipe of pg_repack):
 //! 1. **setup** (one transaction): a staging table `partwarden.drain_<parent oid>`,
 //!    partitioned like the parent, with one partition per period the rows need (created
-//!    standalone in the table's schema under their final names, with the parent's indexes,
-//!    foreign keys and a CHECK of their bound) and a DEFAULT for rows outside them; a change
+//!    standalone in the table's schema under their final names, with the parent's indexes, a
+//!    CHECK of their bound and no autovacuum until the swap) and a DEFAULT for rows outside
+//!    them; a change
 //!    log; a trigger on the DEFAULT partition (`ENABLE ALWAYS`, so even a replica-role session
 //!    fires it; `SECURITY DEFINER`, so the application's role needs no right on partwarden's
 //!    schema) that logs the key of every row inserted, updated or deleted; the drain's row in
@@ -30,14 +31,16 @@
 //!    lock, so every row beyond it was logged.
 //! 2. **copy** (one transaction per chunk of blocks, at most `default_move_budget` rows per
 //!    pass): `INSERT INTO staging SELECT .. FROM ONLY default WHERE ctid` in the chunk. No lock
-//!    but the readers'.
+//!    but the readers'. Once every block is copied, the parent's foreign keys are added to the
+//!    pieces `NOT VALID` and validated, one scan per key instead of a lookup per row.
 //! 3. **catch-up**: the logged keys are taken out of the log in one statement, their copies
 //!    deleted from the staging table and copied again as the DEFAULT partition has them now.
-//! 4. **swap** (one transaction, ACCESS EXCLUSIVE on the parent under `lock_timeout`): the last
-//!    catch-up, the trigger dropped, the pieces detached from the staging table, the DEFAULT
-//!    partition truncated and given back the rows outside every piece, the pieces attached
-//!    (their CHECKs spare ATTACH any scan; the DEFAULT partition it scans is empty), and every
-//!    drain object dropped. Writers and readers wait for this transaction only.
+//! 4. **swap** (one transaction and one round trip, every lock it needs taken first, ACCESS
+//!    EXCLUSIVE on the parent among them, under `lock_timeout`): the last catch-up, the
+//!    trigger dropped, the pieces detached from the staging table, the DEFAULT partition
+//!    truncated and given back the rows outside every piece, the pieces attached (their CHECKs
+//!    spare ATTACH any scan; the DEFAULT partition it scans is empty), and every drain object
+//!    dropped. Writers and readers wait for this transaction only.
 //!
 //! Every step is one transaction and the staging objects are invisible to the application, so
 //! a kill at any instant leaves either the DEFAULT partition as it was (and the next pass goes
@@ -364,7 +367,7 @@ pub enum Plan {
         /// Drops a leftover `partwarden_default_exclusion`.
         cleanup: Option<Box<Step>>,
     },
-    /// Steps of the drain, in order. `done` is true when the last one is the swap.
+    /// Steps of the drain, in order.
     Drain {
         /// The steps.
         steps: Vec<Step>,

@@ -28,17 +28,18 @@ pub(super) async fn planner(
             &[&rel.quoted()],
         )
         .await;
+    let unknown = |e: tokio_postgres::Error| {
+        check(
+            "planner",
+            Some(&t),
+            Status::Unknown,
+            error_text(&e),
+            json!({}),
+        )
+    };
     let (analyzed, pages): (Option<DateTime<Utc>>, i64) = match read {
         Ok(r) => (r.get(0), r.get(1)),
-        Err(e) => {
-            return check(
-                "planner",
-                Some(&t),
-                Status::Unknown,
-                error_text(&e),
-                json!({}),
-            );
-        }
+        Err(e) => return unknown(e),
     };
     let period = table.calendar().containing(now);
     let explain = format!(
@@ -54,15 +55,7 @@ pub(super) async fn planner(
                 .strip_prefix("Planning Time: ")
                 .and_then(|v| v.trim_end_matches(" ms").parse().ok())
         }),
-        Err(e) => {
-            return check(
-                "planner",
-                Some(&t),
-                Status::Unknown,
-                error_text(&e),
-                json!({}),
-            );
-        }
+        Err(e) => return unknown(e),
     };
     let partitions = snap.partitions.len();
     let details = json!({

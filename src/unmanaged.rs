@@ -136,40 +136,18 @@ pub fn describe(
         .map(|p| (p.lower, p.upper))
         .collect();
     ranges.sort_by_key(|r| r.0);
-    let mut holes = Vec::new();
-    for w in ranges.windows(2) {
-        if let (Some(u), Some(l)) = (w[0].1, w[1].0)
-            && u < l
-        {
-            holes.push((u, l));
-        }
-    }
+    // Between its first partition and its last one's end, what no partition covers.
+    let holes = snap.last_upper().map_or_else(Vec::new, |end| {
+        crate::premake::gaps(snap, DateTime::<Utc>::MAX_UTC, end)
+            .into_iter()
+            .map(|g| (g.start, g.end))
+            .collect()
+    });
     let default = snap.default_partition().map(|d| d.name.clone());
     let writes_fail_from = if key.is_none() || default.is_some() {
         None
     } else {
-        let mut t = now;
-        let mut fail = Some(now);
-        for _ in 0..100_000 {
-            match snap
-                .partitions
-                .iter()
-                .find(|p| !p.detach_pending && p.contains(t))
-            {
-                Some(p) => match p.upper {
-                    Some(u) => t = u,
-                    None => {
-                        fail = None;
-                        break;
-                    }
-                },
-                None => {
-                    fail = Some(t);
-                    break;
-                }
-            }
-        }
-        fail
+        crate::premake::covered_until(snap, now)
     };
     // The span most of its partitions have: what `interval` would keep making.
     let spans: Vec<i64> = ranges

@@ -409,12 +409,12 @@ pub struct Runway {
     pub periods_ahead: u32,
 }
 
-/// The runway of a table at `now`, from its partitions.
-pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> Runway {
-    let has_default = snap.default_partition().is_some();
+/// The first instant from `now` on that no partition takes, following partitions on from
+/// `now` (a partition pending detach receives no more rows: it does not count); `None` when a
+/// partition reaches MAXVALUE, or more than [`MAX_PERIODS`] partitions follow each other.
+pub fn covered_until(snap: &TableSnapshot, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let mut t = now;
     let mut steps = 0;
-    // A partition pending detach receives no more rows: it does not count.
     while let Some(p) = snap
         .partitions
         .iter()
@@ -423,14 +423,21 @@ pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> 
         steps += 1;
         match p.upper {
             Some(u) if steps < MAX_PERIODS => t = u,
-            _ => {
-                return Runway {
-                    writes_fail_from: None,
-                    periods_ahead: u32::MAX,
-                };
-            }
+            _ => return None,
         }
     }
+    Some(t)
+}
+
+/// The runway of a table at `now`, from its partitions.
+pub fn runway(table: &TableConfig, snap: &TableSnapshot, now: DateTime<Utc>) -> Runway {
+    let has_default = snap.default_partition().is_some();
+    let Some(t) = covered_until(snap, now) else {
+        return Runway {
+            writes_fail_from: None,
+            periods_ahead: u32::MAX,
+        };
+    };
     let cal = table.calendar();
     let current = cal.containing(now);
     let mut periods_ahead = 0;

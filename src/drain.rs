@@ -236,6 +236,30 @@ pub async fn survey(
         }
         min
     };
+    let state = client
+        .query_opt(
+            "SELECT default_partition, blocks, next_block, started_at FROM partwarden.default_drains WHERE parent = $1",
+            &[&parent_oid],
+        )
+        .await?
+        .map(|r| DrainState {
+            default_oid: r.get(0),
+            blocks: r.get(1),
+            next_block: r.get(2),
+            started_at: r.get(3),
+        });
+    if state.is_none() && min_key.is_none() {
+        // Nothing to drain and no drain under way (an empty DEFAULT partition, every pass): what
+        // follows matters only to a drain, so it is not read.
+        return Ok(Some(Survey {
+            parent_oid,
+            default_oid: row.get(1),
+            blocks,
+            rows_per_block,
+            leftover_exclusion: row.get(5),
+            ..Survey::default()
+        }));
+    }
     let identity: Option<Vec<String>> = client
         .query_opt(
             "SELECT array_agg(a.attname::text ORDER BY k.ord) \
@@ -296,18 +320,6 @@ pub async fn survey(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let state = client
-        .query_opt(
-            "SELECT default_partition, blocks, next_block, started_at FROM partwarden.default_drains WHERE parent = $1",
-            &[&parent_oid],
-        )
-        .await?
-        .map(|r| DrainState {
-            default_oid: r.get(0),
-            blocks: r.get(1),
-            next_block: r.get(2),
-            started_at: r.get(3),
-        });
     let staging = if state.is_some() {
         let s = crate::catalog::snapshot(client, &staging_name(parent_oid)).await?;
         s.exists.then_some(s)
@@ -345,7 +357,7 @@ pub async fn survey(
     Ok(Some(Survey {
         parent_oid,
         default_oid: row.get(1),
-        blocks: row.get(2),
+        blocks,
         rows_per_block,
         min_key,
         identity,
@@ -356,6 +368,26 @@ pub async fn survey(
         state,
         staging,
     }))
+}
+
+/// What a step of a drain does, for the pass that runs it (it repeats catch-ups, counts the
+/// rows copied, plans again after the setup).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Drops what an older partwarden left on the DEFAULT partition.
+    Cleanup,
+    /// Staging table, pieces, change log, capture trigger.
+    Setup,
+    /// A chunk of blocks copied.
+    Copy,
+    /// The parent's foreign keys added to the pieces, or validated there.
+    ForeignKeys,
+    /// Changes since the copy copied again.
+    CatchUp,
+    /// The pieces swapped in.
+    Swap,
+    /// A drain whose ground moved, dropped.
+    Abandon,
 }
 
 /// What a pass does about a table's DEFAULT partition.
@@ -369,10 +401,8 @@ pub enum Plan {
     },
     /// Steps of the drain, in order.
     Drain {
-        /// The steps.
-        steps: Vec<Step>,
-        /// The swap is among them.
-        swaps: bool,
+        /// The steps, each with what it does in the drain.
+        steps: Vec<(Phase, Step)>,
         /// One line for the report: what is done and what is left.
         progress: String,
     },
@@ -420,8 +450,9 @@ pub fn plan(
             Ok(p) => p,
             Err(e) => return Plan::Refused(e),
         };
-        let mut steps: Vec<Step> = cleanup.into_iter().map(|b| *b).collect();
-        steps.push(setup_step(table, snap, s, &pieces));
+        let mut steps: Vec<(Phase, Step)> =
+            cleanup.map(|b| (Phase::Cleanup, *b)).into_iter().collect();
+        steps.push((Phase::Setup, setup_step(table, snap, s, &pieces)));
         // What follows, as it would run on the partition's present size.
         let assumed = DrainState {
             default_oid: s.default_oid,
@@ -429,12 +460,11 @@ pub fn plan(
             next_block: 0,
             started_at: now,
         };
-        let (more, swaps, progress) =
+        let (more, progress) =
             copy_and_swap(table, snap, s, &assumed, &pieces_of(&pieces), budget_rows);
         steps.extend(more);
         return Plan::Drain {
             steps,
-            swaps,
             progress: format!(
                 "draining {} ({} periods from {}): {progress}",
                 default.name,
@@ -481,18 +511,20 @@ pub fn plan(
     };
     if let Some(why) = why_abort {
         return Plan::Drain {
-            steps: vec![abort_step(s, default, &why)],
-            swaps: false,
+            steps: vec![(Phase::Abandon, abort_step(s, default, &why))],
             progress: format!(
                 "the drain of {} is abandoned ({why}); the next pass starts again",
                 default.name
             ),
         };
     }
-    let (steps, swaps, progress) = copy_and_swap(table, snap, s, state, &pieces, budget_rows);
+    let (steps, progress) = copy_and_swap(table, snap, s, state, &pieces, budget_rows);
     Plan::Drain {
-        steps: cleanup.into_iter().map(|b| *b).chain(steps).collect(),
-        swaps,
+        steps: cleanup
+            .map(|b| (Phase::Cleanup, *b))
+            .into_iter()
+            .chain(steps)
+            .collect(),
         progress: format!(
             "draining {} ({} periods): {progress}",
             default.name,
@@ -723,7 +755,7 @@ fn copy_and_swap(
     state: &DrainState,
     pieces: &[(RelName, Period)],
     budget_rows: u64,
-) -> (Vec<Step>, bool, String) {
+) -> (Vec<(Phase, Step)>, String) {
     let default = snap.default_partition().expect("with a DEFAULT partition");
     let oid = s.parent_oid;
     let staging = staging_name(oid).quoted();
@@ -736,7 +768,8 @@ fn copy_and_swap(
         .min(state.next_block.saturating_add(budget_blocks));
     while at < until {
         let end = (at + CHUNK_BLOCKS).min(until);
-        steps.push(
+        steps.push((
+            Phase::Copy,
             Step::transaction(
                 format!("copy blocks {at}..{end} of {}", default.name),
                 format!("{} blocks in all", state.blocks),
@@ -752,21 +785,26 @@ fn copy_and_swap(
                 ],
             )
             .if_it_fails("nothing is lost: the DEFAULT partition keeps its rows; the next pass copies this chunk again"),
-        );
+        ));
         at = end;
     }
     let copied = at >= state.blocks;
     if copied {
-        steps.extend(foreign_key_steps(s, pieces));
+        steps.extend(
+            foreign_key_steps(s, pieces)
+                .into_iter()
+                .map(|st| (Phase::ForeignKeys, st)),
+        );
     }
-    steps.push(
+    steps.push((
+        Phase::CatchUp,
         Step::transaction(
             format!("catch up with changes to {}", default.name),
             "rows the application inserted, updated or deleted since they were copied are copied again",
             catch_up_sql(snap, s).into_iter().map(Statement::Sql).collect(),
         )
         .if_it_fails("nothing is lost: the changes stay logged for the next catch-up"),
-    );
+    ));
     let progress = format!(
         "{} of {} blocks copied{}",
         at,
@@ -778,9 +816,9 @@ fn copy_and_swap(
         }
     );
     if copied {
-        steps.push(swap_step(table, snap, s, pieces));
+        steps.push((Phase::Swap, swap_step(table, snap, s, pieces)));
     }
-    (steps, copied, progress)
+    (steps, progress)
 }
 
 /// The parent's foreign keys on the pieces, once the copy is complete: added `NOT VALID` (a
@@ -1085,9 +1123,13 @@ mod tests {
         }
     }
 
+    /// The steps, and whether the swap is among them.
     fn drain_steps(p: Plan) -> (Vec<Step>, bool) {
         match p {
-            Plan::Drain { steps, swaps, .. } => (steps, swaps),
+            Plan::Drain { steps, .. } => {
+                let swaps = steps.iter().any(|(phase, _)| *phase == Phase::Swap);
+                (steps.into_iter().map(|(_, st)| st).collect(), swaps)
+            }
             other => panic!("not a drain: {other:?}"),
         }
     }

@@ -500,7 +500,9 @@ async fn drain_default(
 ) -> Drained {
     let mut budget = ctx.config.maintenance.default_move_budget;
     let horizon = premake::horizon(table, ctx.now);
-    for _round in 0..3 {
+    // Two rounds at most: a new drain's setup, then its copy (planned from what the setup
+    // recorded); a drain under way takes one.
+    'rounds: for _ in 0..2 {
         let survey = match drain::survey(&*client, table, snap, horizon).await {
             Ok(Some(s)) => s,
             Ok(None) => return Drained::Premake,
@@ -513,7 +515,7 @@ async fn drain_default(
                 return Drained::Stop;
             }
         };
-        let (steps, _swaps, progress) = match drain::plan(table, snap, &survey, ctx.now, budget) {
+        let (steps, progress) = match drain::plan(table, snap, &survey, ctx.now, budget) {
             drain::Plan::Premake { cleanup } => {
                 if let Some(step) = cleanup {
                     if ctx.dry_run {
@@ -529,21 +531,16 @@ async fn drain_default(
                 tr.errors.push(why);
                 return Drained::Stop;
             }
-            drain::Plan::Drain {
-                steps,
-                swaps,
-                progress,
-            } => (steps, swaps, progress),
+            drain::Plan::Drain { steps, progress } => (steps, progress),
         };
         tr.notes.push(progress);
         if ctx.dry_run {
-            for step in &steps {
+            for (_, step) in &steps {
                 let _ = writeln!(ctx.out, "{}", step.render(ctx.config));
             }
             return Drained::Stop;
         }
-        let starts = survey.state.is_none();
-        for step in &steps {
+        for (phase, step) in &steps {
             if ctx.stop.load(Ordering::SeqCst) {
                 tr.notes
                     .push("stopping: the drain goes on in the next pass".into());
@@ -553,7 +550,7 @@ async fn drain_default(
             // The swap waits for the changes made during the last catch-up: catch up again
             // while a round had much to do, so that the swap has little.
             let mut rounds = 1;
-            while step.label.starts_with("catch up")
+            while *phase == drain::Phase::CatchUp
                 && rounds < CATCH_UP_ROUNDS
                 && result.as_ref().is_ok_and(|d| d.rows > CATCH_UP_SMALL)
             {
@@ -561,29 +558,24 @@ async fn drain_default(
                 rounds += 1;
             }
             match result {
-                Ok(done) => {
-                    if step.label.starts_with("copy blocks") {
-                        budget = budget.saturating_sub(done.rows);
-                    }
-                    if step.label.starts_with("swap in") {
+                Ok(done) => match phase {
+                    drain::Phase::Copy => budget = budget.saturating_sub(done.rows),
+                    drain::Phase::Swap => {
                         tracing::info!(table = %table.name, "DEFAULT partition drained");
                         tr.created.push(format!("{} (drained)", step.label));
                         metrics::add(&metrics::PARTITIONS_CREATED, 1);
                     }
-                }
+                    // The copy is planned again from what the setup recorded.
+                    drain::Phase::Setup => continue 'rounds,
+                    _ => {}
+                },
                 Err(e) => {
                     tr.errors.push(e.to_string());
                     return Drained::Stop;
                 }
             }
-            // After the setup, the copy is planned from what the setup recorded.
-            if starts && step.label.starts_with("start draining") {
-                break;
-            }
         }
-        if !starts {
-            return Drained::Stop;
-        }
+        return Drained::Stop;
     }
     Drained::Stop
 }

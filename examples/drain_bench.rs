@@ -38,15 +38,7 @@ const TABLE: &str = "[[tables]]\nname = \"public.odds_snapshots\"\npartition_key
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<i64> = std::env::args()
-        .skip_while(|a| a != "--sizes")
-        .nth(1)
-        .map(|s| {
-            s.split(',')
-                .map(|n| n.parse().expect("--sizes takes numbers"))
-                .collect()
-        })
-        .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+    let sizes: Vec<i64> = pg::numbers_arg("--sizes").unwrap_or_else(|| vec![1_000_000, 10_000_000]);
     // `--only partwarden` (or `limit`, `partman`): one method alone.
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     let runs = |m: &str| only.as_deref().is_none_or(|o| o == m);

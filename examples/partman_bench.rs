@@ -35,15 +35,7 @@ const RUNS: usize = 3;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let sizes: Vec<usize> = std::env::args()
-        .skip_while(|a| a != "--sizes")
-        .nth(1)
-        .map(|s| {
-            s.split(',')
-                .map(|n| n.parse().expect("--sizes takes numbers"))
-                .collect()
-        })
-        .unwrap_or_else(|| vec![3200, 6400, 12800]);
+    let sizes: Vec<usize> = pg::numbers_arg("--sizes").unwrap_or_else(|| vec![3200, 6400, 12800]);
     pg::ensure_partman();
     let bin = env!("CARGO_MANIFEST_DIR").to_string() + "/target/release/partwarden";
     assert!(

@@ -73,3 +73,12 @@ pub fn ensure_partman() {
         "could not install postgresql-15-partman (run as root, or install it by hand)"
     );
 }
+
+/// The numbers after `flag` on the command line (`--sizes 1000000,10000000`), if given.
+pub fn numbers_arg<T: std::str::FromStr>(flag: &str) -> Option<Vec<T>> {
+    std::env::args().skip_while(|a| a != flag).nth(1).map(|s| {
+        s.split(',')
+            .map(|n| n.parse().unwrap_or_else(|_| panic!("{flag} takes numbers")))
+            .collect()
+    })
+}

@@ -207,6 +207,22 @@ async fn daemon_with_two_tables(
     (d, config, addr)
 }
 
+/// Rewrites the configuration with `edit`, sends SIGHUP and waits for the reload.
+fn reload(d: &crate::daemon::Daemon, config: &std::path::Path, edit: impl Fn(String) -> String) {
+    let text = edit(std::fs::read_to_string(config).unwrap());
+    std::fs::write(config, text).unwrap();
+    d.signal("HUP");
+    assert!(
+        d.wait_log(
+            "configuration reloaded",
+            1,
+            std::time::Duration::from_secs(5)
+        ),
+        "{}",
+        d.log()
+    );
+}
+
 const TWO_TABLES: &str = "[[tables]]\nname = \"public.market_odds_history\"\npartition_key = \"captured_at\"\ninterval = \"monthly\"\npremake = 3\n\
                           [[tables]]\nname = \"public.side_log\"\npartition_key = \"at\"\ninterval = \"monthly\"\npremake = 2\n";
 
@@ -219,20 +235,7 @@ const SIDE_LOG: &str = "[[tables]]\nname = \"public.side_log\"\npartition_key = 
 async fn a_reload_forgets_the_gauges_of_a_removed_table() {
     let db = TestDb::new("round2_reload_gauges").await;
     let (mut d, config, addr) = daemon_with_two_tables(&db).await;
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(SIDE_LOG, "");
-    std::fs::write(&config, text).unwrap();
-    d.signal("HUP");
-    assert!(
-        d.wait_log(
-            "configuration reloaded",
-            1,
-            std::time::Duration::from_secs(5)
-        ),
-        "{}",
-        d.log()
-    );
+    reload(&d, &config, |text| text.replace(SIDE_LOG, ""));
     let metrics = crate::daemon::http_get(&addr, "/metrics");
     assert!(!metrics.contains("public.side_log"), "{metrics}");
     assert!(metrics.contains("partwarden_runway_periods{table=\"public.market_odds_history\"}"));
@@ -248,21 +251,10 @@ async fn a_reload_keeps_the_metrics_endpoint_it_cannot_move() {
     let db = TestDb::new("round2_reload_listen").await;
     let (mut d, config, addr) = daemon_with_two_tables(&db).await;
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"{}\"", busy.local_addr().unwrap()),
-    );
-    std::fs::write(&config, text).unwrap();
-    d.signal("HUP");
-    assert!(
-        d.wait_log(
-            "configuration reloaded",
-            1,
-            std::time::Duration::from_secs(5)
-        ),
-        "{}",
-        d.log()
-    );
+    let taken = format!("listen = \"{}\"", busy.local_addr().unwrap());
+    reload(&d, &config, |text| {
+        text.replace("listen = \"127.0.0.1:0\"", &taken)
+    });
     let metrics = crate::daemon::http_get(&addr, "/metrics");
     assert!(
         metrics.starts_with("HTTP/1.0 200 OK"),

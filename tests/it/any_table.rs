@@ -42,12 +42,9 @@ async fn setup(test: &str, maintenance_extra: &str) -> (TestDb, PathBuf, tokio_p
     let db = TestDb::new(test).await;
     let c = db.client().await;
     c.batch_execute(ANY_TABLE).await.unwrap();
-    let config = db.write_config("", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "archive_dir = \"archive\"\n",
-        &format!("archive_dir = \"archive\"\n{maintenance_extra}"),
-    ) + TABLE;
-    std::fs::write(&config, text).unwrap();
+    // What follows [maintenance] in the file is still that section: its extra keys, then the
+    // table.
+    let config = db.write_config("", &format!("{maintenance_extra}{TABLE}"));
     (db, config, c)
 }
 

@@ -57,12 +57,9 @@ async fn app_database_with(
     c.batch_execute("ANALYZE odds_snapshots_default")
         .await
         .unwrap();
-    let config = db.write_config("", "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "archive_dir = \"archive\"\n",
-        &format!("archive_dir = \"archive\"\n{maintenance_extra}"),
-    ) + TABLE;
-    std::fs::write(&config, text).unwrap();
+    // What follows [maintenance] in the file is still that section: its extra keys, then the
+    // table.
+    let config = db.write_config("", &format!("{maintenance_extra}{TABLE}"));
     (server, db, config, c)
 }
 
